@@ -1,0 +1,74 @@
+-- aigate's schema. Each `-- migration: N` section runs once, in order, inside one
+-- transaction that also sets `PRAGMA user_version = N`. Append new sections; never edit
+-- a released one. Times are Unix seconds (UTC).
+
+-- migration: 1
+CREATE TABLE tiers (
+    name            TEXT PRIMARY KEY,
+    rpm             INTEGER,                    -- requests per minute per key; NULL = unlimited
+    concurrency     INTEGER,                    -- requests in flight per key; NULL = unlimited
+    tokens_per_day  INTEGER,                    -- prompt + completion tokens per UTC day; NULL = unlimited
+    models          TEXT NOT NULL DEFAULT '*',  -- comma-separated globs of allowed models
+    is_admin        INTEGER NOT NULL DEFAULT 0, -- may use /admin/* and model management
+    updated_at      INTEGER NOT NULL
+);
+
+INSERT INTO tiers (name, rpm, concurrency, tokens_per_day, models, is_admin, updated_at) VALUES
+    ('free',  20,   1,    50000,   '*', 0, unixepoch()),
+    ('pro',   300,  4,    2000000, '*', 0, unixepoch()),
+    ('admin', NULL, NULL, NULL,    '*', 1, unixepoch());
+
+CREATE TABLE users (
+    id              INTEGER PRIMARY KEY,
+    username        TEXT NOT NULL UNIQUE,
+    password_hash   TEXT NOT NULL,              -- argon2id PHC string
+    tier            TEXT NOT NULL DEFAULT 'free' REFERENCES tiers(name),
+    disabled_at     INTEGER,
+    token_version   INTEGER NOT NULL DEFAULT 0, -- bumped by passwd/disable: older JWTs stop working
+    created_at      INTEGER NOT NULL
+);
+
+CREATE TABLE api_keys (
+    id              INTEGER PRIMARY KEY,
+    key_hash        TEXT NOT NULL UNIQUE,       -- hex SHA-256 of the whole key; the key itself is never stored
+    prefix          TEXT NOT NULL,              -- non-secret display prefix, e.g. aig_Xk3fQ2ab
+    name            TEXT,
+    user_id         INTEGER REFERENCES users(id),
+    tier            TEXT NOT NULL DEFAULT 'free' REFERENCES tiers(name),
+    rpm             INTEGER,                    -- per-key overrides of the tier's limits; NULL = the tier's
+    concurrency     INTEGER,
+    tokens_per_day  INTEGER,
+    models          TEXT,
+    created_at      INTEGER NOT NULL,
+    expires_at      INTEGER,
+    revoked_at      INTEGER,
+    last_used_at    INTEGER,
+    rotated_from    INTEGER REFERENCES api_keys(id)
+);
+CREATE INDEX api_keys_user ON api_keys(user_id);
+
+-- One row per UTC day, key, user and model; the gate adds to it in batches.
+-- key_id 0 means "no key" (a JWT caller); user '' means "no user".
+CREATE TABLE usage (
+    day                 INTEGER NOT NULL,       -- Unix day: seconds / 86400
+    key_id              INTEGER NOT NULL DEFAULT 0,
+    user                TEXT NOT NULL DEFAULT '',
+    model               TEXT NOT NULL DEFAULT '',
+    requests            INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens       INTEGER NOT NULL DEFAULT 0,
+    completion_tokens   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, key_id, user, model)
+) WITHOUT ROWID;
+
+-- Authentication failures and admin actions.
+CREATE TABLE audit (
+    id          INTEGER PRIMARY KEY,
+    at          INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    ip          TEXT,
+    reason      TEXT,
+    key_prefix  TEXT,
+    user        TEXT,
+    detail      TEXT
+);
+CREATE INDEX audit_at ON audit(at);

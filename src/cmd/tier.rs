@@ -1,0 +1,95 @@
+//! `aigate tier list|set`.
+
+use std::path::PathBuf;
+
+use super::{open, operator};
+use crate::cli::TierCommand;
+use crate::output::{self, opt};
+use crate::store::tiers::{self, Tier, TierChange, split_models};
+use crate::store::{OpenMode, audit};
+
+/// Runs a tier command.
+pub fn run(db: &PathBuf, cmd: TierCommand) -> anyhow::Result<()> {
+    match cmd {
+        TierCommand::List(json) => {
+            let store = open(db, OpenMode::Existing)?;
+            let list = tiers::list(store.conn())?;
+            if json.json {
+                return output::print_json(&list);
+            }
+            let mut t = output::table(&["TIER", "RPM", "CONCURRENCY", "TOKENS/DAY", "MODELS", "ADMIN"]);
+            for tier in &list {
+                t.add_row(row(tier));
+            }
+            output::print_table(&t, "no tiers")
+        }
+        TierCommand::Set {
+            name,
+            rpm,
+            concurrency,
+            tokens_per_day,
+            models,
+            admin,
+            no_admin,
+            json,
+        } => {
+            let mut store = open(db, OpenMode::Existing)?;
+            let change = TierChange {
+                rpm: rpm.unwrap_or_default(),
+                concurrency: concurrency.unwrap_or_default(),
+                tokens_per_day: tokens_per_day.unwrap_or_default(),
+                models: models.as_deref().map(split_models),
+                admin: if admin {
+                    Some(true)
+                } else if no_admin {
+                    Some(false)
+                } else {
+                    None
+                },
+            };
+            let (tier, created) = store.write(|tx| {
+                let (tier, created) = tiers::set(tx, &name, &change)?;
+                audit::admin_action(
+                    tx,
+                    "tier_set",
+                    None,
+                    None,
+                    format!(
+                        "tier={} rpm={} concurrency={} tokens_per_day={} models={} admin={} by={}",
+                        tier.name,
+                        opt(tier.rpm),
+                        opt(tier.concurrency),
+                        opt(tier.tokens_per_day),
+                        tier.models.join(","),
+                        tier.admin,
+                        operator()
+                    ),
+                )?;
+                Ok((tier, created))
+            })?;
+            if json.json {
+                return output::print_json(&tier);
+            }
+            eprintln!(
+                "{} tier {}",
+                if created { "created" } else { "updated" },
+                tier.name
+            );
+            let mut t = output::table(&["TIER", "RPM", "CONCURRENCY", "TOKENS/DAY", "MODELS", "ADMIN"]);
+            t.add_row(row(&tier));
+            output::print_table(&t, "")
+        }
+    }
+}
+
+fn row(t: &Tier) -> Vec<String> {
+    let unlimited = |v: Option<String>| v.unwrap_or_else(|| "unlimited".into());
+    vec![
+        t.name.clone(),
+        unlimited(t.rpm.map(|v| v.to_string())),
+        unlimited(t.concurrency.map(|v| v.to_string())),
+        unlimited(t.tokens_per_day.map(|v| v.to_string())),
+        t.models.join(","),
+        if t.admin { "yes" } else { "no" }.into(),
+    ]
+}

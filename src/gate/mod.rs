@@ -1,0 +1,1 @@
+//! `aigate serve`: the authenticating reverse proxy.

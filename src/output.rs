@@ -1,0 +1,106 @@
+//! Everything that talks to a terminal: tables, JSON, confirmations and password
+//! prompts. Nothing here ever waits for input without a terminal.
+
+use std::io::{IsTerminal, Read, Write};
+
+use anyhow::{Context, bail};
+use comfy_table::{Attribute, Cell, ContentArrangement, Table};
+use serde::Serialize;
+
+/// comfy-table's style string: only the header line and its crossings are drawn.
+const HEADER_RULE: &str = "     ──            ";
+
+/// Whether standard input and standard error are both terminals, so a prompt can be
+/// answered by a person.
+pub fn interactive() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// Whether to use colour and text styles: stdout is a terminal and `NO_COLOR` is unset.
+pub fn styled() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// A table with `headers`, fitted to the terminal's width.
+pub fn table(headers: &[&str]) -> Table {
+    let mut t = Table::new();
+    // No borders, one rule under the header: compact, and easy to read by eye or by awk.
+    t.load_preset(HEADER_RULE)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    let bold = styled();
+    t.set_header(headers.iter().map(|h| {
+        let c = Cell::new(h);
+        if bold { c.add_attribute(Attribute::Bold) } else { c }
+    }));
+    if !bold {
+        t.force_no_tty();
+    }
+    t
+}
+
+/// Prints a table, or a short line when it has no rows.
+pub fn print_table(t: &Table, empty: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if t.row_count() == 0 {
+        writeln!(out, "{empty}")?;
+    } else {
+        writeln!(out, "{t}")?;
+    }
+    Ok(())
+}
+
+/// Prints one JSON document.
+pub fn print_json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// A cell for an optional value: `-` when absent.
+pub fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// Asks before a destructive action. `--yes` skips; without a terminal it fails at once
+/// rather than wait for input.
+pub fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !interactive() {
+        bail!("{question}: no terminal to confirm on; pass --yes");
+    }
+    let ok = dialoguer::Confirm::new()
+        .with_prompt(question)
+        .default(false)
+        .interact()
+        .context("reading the answer")?;
+    if !ok {
+        bail!("cancelled");
+    }
+    Ok(())
+}
+
+/// Reads a new password: from standard input with `--password-stdin` (one trailing
+/// newline removed), else a hidden prompt typed twice. Never prompts without a terminal.
+pub fn read_new_password(from_stdin: bool) -> anyhow::Result<String> {
+    let password = if from_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the password from standard input")?;
+        let trimmed = s.strip_suffix('\n').unwrap_or(&s);
+        trimmed.strip_suffix('\r').unwrap_or(trimmed).to_string()
+    } else if interactive() {
+        dialoguer::Password::new()
+            .with_prompt("Password")
+            .with_confirmation("Repeat password", "the passwords do not match")
+            .interact()
+            .context("reading the password")?
+    } else {
+        bail!("no terminal to ask for a password on; pass --password-stdin");
+    };
+    crate::auth::password::check_new(&password)?;
+    Ok(password)
+}

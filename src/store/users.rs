@@ -1,0 +1,183 @@
+//! Users: people who log in with a password for a JWT, and own API keys.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::{Result, StoreError, now, rfc3339};
+
+/// A user as listed. The password hash never leaves the store except to the verifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub tier: String,
+    pub disabled: bool,
+    pub token_version: i64,
+    pub created_at: i64,
+}
+
+/// A user as `--json` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Shown {
+    pub id: i64,
+    pub username: String,
+    pub tier: String,
+    pub status: &'static str,
+    pub created_at: String,
+}
+
+impl User {
+    /// The JSON shape of the spec.
+    pub fn shown(&self) -> Shown {
+        Shown {
+            id: self.id,
+            username: self.username.clone(),
+            tier: self.tier.clone(),
+            status: self.status(),
+            created_at: rfc3339(self.created_at),
+        }
+    }
+
+    /// `active` or `disabled`.
+    pub fn status(&self) -> &'static str {
+        if self.disabled { "disabled" } else { "active" }
+    }
+}
+
+const COLUMNS: &str = "id, username, tier, disabled_at IS NOT NULL, token_version, created_at";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        tier: r.get(2)?,
+        disabled: r.get(3)?,
+        token_version: r.get(4)?,
+        created_at: r.get(5)?,
+    })
+}
+
+/// Checks that a username is usable: 1-64 of letters, digits and `._@-`.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "bad username {name:?}: use 1-64 letters, digits, '.', '_', '@' or '-'"
+        )))
+    }
+}
+
+/// Adds a user with an argon2id hash already computed.
+pub fn add(conn: &Connection, name: &str, password_hash: &str, tier: &str) -> Result<User> {
+    check_name(name)?;
+    super::tiers::get(conn, tier)?;
+    if find(conn, name)?.is_some() {
+        return Err(StoreError::Conflict(format!("user {name:?} already exists")));
+    }
+    conn.execute(
+        "INSERT INTO users (username, password_hash, tier, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![name, password_hash, tier, now()],
+    )?;
+    get(conn, name)
+}
+
+/// The user called `name`, if any.
+pub fn find(conn: &Connection, name: &str) -> Result<Option<User>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM users WHERE username = ?1"),
+            [name],
+            from_row,
+        )
+        .optional()?)
+}
+
+/// The user called `name`, or a failure naming it.
+pub fn get(conn: &Connection, name: &str) -> Result<User> {
+    find(conn, name)?.ok_or_else(|| StoreError::NotFound(format!("no user named {name:?}")))
+}
+
+/// The user and their password hash, for login.
+pub fn credentials(conn: &Connection, name: &str) -> Result<Option<(User, String)>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS}, password_hash FROM users WHERE username = ?1"),
+            [name],
+            |r| Ok((from_row(r)?, r.get(6)?)),
+        )
+        .optional()?)
+}
+
+/// Every user, by id.
+pub fn list(conn: &Connection) -> Result<Vec<User>> {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM users ORDER BY id"))?;
+    let rows = stmt.query_map([], from_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Replaces the password and bumps the token version, ending the user's issued JWTs.
+pub fn set_password(conn: &Connection, name: &str, password_hash: &str) -> Result<User> {
+    get(conn, name)?;
+    conn.execute(
+        "UPDATE users SET password_hash = ?1, token_version = token_version + 1 WHERE username = ?2",
+        params![password_hash, name],
+    )?;
+    get(conn, name)
+}
+
+/// Disables or enables a user. Disabling bumps the token version, so re-enabling does
+/// not bring old tokens back.
+pub fn set_disabled(conn: &Connection, name: &str, disabled: bool) -> Result<User> {
+    get(conn, name)?;
+    if disabled {
+        conn.execute(
+            "UPDATE users SET disabled_at = COALESCE(disabled_at, ?1), token_version = token_version + 1
+             WHERE username = ?2",
+            params![now(), name],
+        )?;
+    } else {
+        conn.execute(
+            "UPDATE users SET disabled_at = NULL WHERE username = ?1",
+            [name],
+        )?;
+    }
+    get(conn, name)
+}
+
+/// Removes a user: revokes their keys (which keep their rows, detached from the user,
+/// for the record) and deletes the user. Returns how many keys were revoked.
+pub fn remove(conn: &Connection, name: &str) -> Result<usize> {
+    let user = get(conn, name)?;
+    let revoked = conn.execute(
+        "UPDATE api_keys SET revoked_at = ?1 WHERE user_id = ?2 AND revoked_at IS NULL",
+        params![now(), user.id],
+    )?;
+    conn.execute(
+        "UPDATE api_keys SET user_id = NULL WHERE user_id = ?1",
+        [user.id],
+    )?;
+    conn.execute("DELETE FROM users WHERE id = ?1", [user.id])?;
+    Ok(revoked)
+}
+
+/// Sets a user's tier.
+pub fn set_tier(conn: &Connection, name: &str, tier: &str) -> Result<User> {
+    get(conn, name)?;
+    super::tiers::get(conn, tier)?;
+    conn.execute(
+        "UPDATE users SET tier = ?1 WHERE username = ?2",
+        params![tier, name],
+    )?;
+    get(conn, name)
+}
+
+/// How many users exist (the gate needs a JWT secret when any do).
+pub fn count(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
+}
