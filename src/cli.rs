@@ -14,7 +14,12 @@ use crate::store::tiers::Change;
 /// aigate keeps API keys, users and tiers in one SQLite file. The admin commands change
 /// it directly; `aigate serve` is the proxy that checks every request against it.
 #[derive(Debug, Parser)]
-#[command(name = "aigate", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "aigate",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// The SQLite database [default: $XDG_DATA_HOME/aigate/aigate.db]
     #[arg(long, global = true, env = "AIGATE_DB", value_name = "PATH")]
@@ -285,11 +290,18 @@ pub struct AuditArgs {
 
 /// `aigate serve`. Every option also reads the `AIGATE_*` variable named in its help.
 #[derive(Debug, Args, Clone)]
-#[command(after_help = "The JWT secret comes from $AIGATE_JWT_SECRET or --jwt-secret-file \
-    (at least 32 bytes). Every option also reads the AIGATE_* variable shown beside it.")]
+#[command(
+    after_help = "The JWT secret comes from $AIGATE_JWT_SECRET or --jwt-secret-file \
+    (at least 32 bytes). Every option also reads the AIGATE_* variable shown beside it."
+)]
 pub struct ServeArgs {
     /// Address to listen on
-    #[arg(long, env = "AIGATE_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "AIGATE_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
     pub listen: SocketAddr,
     /// Ollama's URL; repeat (or separate with commas) to spread requests round-robin
     #[arg(
@@ -301,10 +313,20 @@ pub struct ServeArgs {
     )]
     pub upstream: Vec<String>,
     /// PEM certificate chain: serve HTTPS (with --tls-key)
-    #[arg(long, env = "AIGATE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "AIGATE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert
-    #[arg(long, env = "AIGATE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "AIGATE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
     /// Lifetime of tokens issued by /auth/login
     #[arg(long, env = "AIGATE_TOKEN_TTL", default_value = "24h", value_name = "DUR", value_parser = parse_duration)]
@@ -316,7 +338,12 @@ pub struct ServeArgs {
     #[arg(long, env = "AIGATE_NO_LOGIN")]
     pub no_login: bool,
     /// Peers whose X-Forwarded-For names the client (repeatable CIDR)
-    #[arg(long, env = "AIGATE_TRUSTED_PROXY", value_name = "CIDR", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "AIGATE_TRUSTED_PROXY",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
     pub trusted_proxy: Vec<ipnet::IpNet>,
     /// Largest request body accepted (bytes; K, M, G suffixes, powers of 1024)
     #[arg(long, env = "AIGATE_MAX_BODY", default_value = "32M", value_name = "SIZE", value_parser = parse_size)]
@@ -340,7 +367,12 @@ pub struct ServeArgs {
     #[arg(long, env = "AIGATE_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
     /// Answer CORS preflight for this browser origin (repeatable)
-    #[arg(long, env = "AIGATE_CORS_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "AIGATE_CORS_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
     pub cors_origin: Vec<String>,
 }
 
@@ -362,7 +394,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("bad size unit in {s:?} (use K, M or G)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn parse_limit<T: std::str::FromStr>(s: &str, clear: &str) -> Result<Change<T>, String> {

@@ -1,6 +1,7 @@
 //! The `aigate` binary: parse the command line, set up logging, run, and map errors to
 //! exit codes (0 success, 1 failure with one `error:` line, 2 usage error by clap).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -14,6 +15,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     match aigate::cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -30,7 +30,11 @@ pub fn table(headers: &[&str]) -> Table {
     let bold = styled();
     t.set_header(headers.iter().map(|h| {
         let c = Cell::new(h);
-        if bold { c.add_attribute(Attribute::Bold) } else { c }
+        if bold {
+            c.add_attribute(Attribute::Bold)
+        } else {
+            c
+        }
     }));
     if !bold {
         t.force_no_tty();

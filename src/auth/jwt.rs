@@ -129,7 +129,10 @@ mod tests {
             now() + 60
         ));
         let keys = JwtKeys::new(&[7u8; 32]).expect("keys");
-        assert_eq!(keys.verify(&format!("{head}.{body}.")), Err(TokenError::Invalid));
+        assert_eq!(
+            keys.verify(&format!("{head}.{body}.")),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The API key format: `aig_` + 64 base64url characters (48 bytes from the OS CSPRNG)
-//! + a 6-character checksum. The checksum lets the gate refuse a mistyped or forged key
+//! The API key format: `aig_`, then 64 base64url characters (48 bytes from the OS
+//! CSPRNG), then a 6-character checksum. The checksum lets the gate refuse a mistyped or forged key
 //! without touching the database, and the fixed shape lets secret scanners match it.
 
 use base64::Engine;

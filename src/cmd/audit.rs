@@ -1,6 +1,6 @@
 //! `aigate audit`: authentication failures and admin actions.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use super::open;
 use crate::cli::AuditArgs;
@@ -8,7 +8,7 @@ use crate::output::{self, opt};
 use crate::store::{OpenMode, audit, now};
 
 /// Runs `aigate audit`.
-pub fn run(db: &PathBuf, a: AuditArgs) -> anyhow::Result<()> {
+pub fn run(db: &Path, a: AuditArgs) -> anyhow::Result<()> {
     let store = open(db, OpenMode::Existing)?;
     let rows = audit::list(store.conn(), now() - a.since.as_secs() as i64)?;
     if a.json.json {

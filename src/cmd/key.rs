@@ -1,6 +1,7 @@
 //! `aigate key create|list|show|rotate|revoke|set`.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::Path;
 
 use anyhow::Context;
 
@@ -13,7 +14,7 @@ use crate::store::tiers::{Change, split_models};
 use crate::store::{OpenMode, audit, now, rfc3339};
 
 /// Runs a key command.
-pub fn run(db: &PathBuf, cmd: KeyCommand) -> anyhow::Result<()> {
+pub fn run(db: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
     match cmd {
         KeyCommand::Create {
             tier,
@@ -53,7 +54,15 @@ pub fn run(db: &PathBuf, cmd: KeyCommand) -> anyhow::Result<()> {
                 return output::print_json(&shown);
             }
             let mut t = output::table(&[
-                "ID", "PREFIX", "NAME", "USER", "TIER", "STATUS", "CREATED", "EXPIRES", "LAST USED",
+                "ID",
+                "PREFIX",
+                "NAME",
+                "USER",
+                "TIER",
+                "STATUS",
+                "CREATED",
+                "EXPIRES",
+                "LAST USED",
             ]);
             let now = now();
             for k in &list {
@@ -77,8 +86,7 @@ pub fn run(db: &PathBuf, cmd: KeyCommand) -> anyhow::Result<()> {
             if json.json {
                 return output::print_json(&k.shown(None));
             }
-            print_details(&k);
-            Ok(())
+            print_details(&k)
         }
         KeyCommand::Rotate { id, grace, output } => {
             let mut store = open(db, OpenMode::Existing)?;
@@ -108,7 +116,11 @@ pub fn run(db: &PathBuf, cmd: KeyCommand) -> anyhow::Result<()> {
             let mut store = open(db, OpenMode::Existing)?;
             let k = keys::get(store.conn(), id)?;
             output::confirm(
-                &format!("Revoke key {id} ({}…, {})?", k.prefix, opt(k.name.as_deref())),
+                &format!(
+                    "Revoke key {id} ({}…, {})?",
+                    k.prefix,
+                    opt(k.name.as_deref())
+                ),
                 yes,
             )?;
             let (k, changed) = store.write(|tx| {
@@ -165,8 +177,7 @@ pub fn run(db: &PathBuf, cmd: KeyCommand) -> anyhow::Result<()> {
             if json.json {
                 return output::print_json(&k.shown(None));
             }
-            print_details(&k);
-            Ok(())
+            print_details(&k)
         }
     }
 }
@@ -191,12 +202,20 @@ fn overrides(l: &KeyLimits) -> Overrides {
 }
 
 fn print_new(k: &Key, raw: &RawKey, out: &KeyOutput, verb: &str) -> anyhow::Result<()> {
-    if out.quiet {
-        println!("{}", raw.expose());
-    } else if out.json {
-        output::print_json(&k.shown(Some(raw)))?;
+    // println! would panic (exit 101) on a closed or full stdout; the key is committed by
+    // now, so fail with one line that says which key to revoke.
+    let shown = if out.json {
+        output::print_json(&k.shown(Some(raw)))
     } else {
-        println!("{}", raw.expose());
+        writeln!(std::io::stdout(), "{}", raw.expose()).map_err(anyhow::Error::from)
+    };
+    shown.with_context(|| {
+        format!(
+            "key {id} was {verb} but could not be printed; revoke it with `aigate key revoke {id}`",
+            id = k.id
+        )
+    })?;
+    if !out.quiet && !out.json {
         eprintln!(
             "{verb} key {} ({}…, tier {}{}); it is shown only this once",
             k.id,
@@ -211,7 +230,7 @@ fn print_new(k: &Key, raw: &RawKey, out: &KeyOutput, verb: &str) -> anyhow::Resu
     Ok(())
 }
 
-fn print_details(k: &Key) {
+fn print_details(k: &Key) -> anyhow::Result<()> {
     let o = &k.overrides;
     let rows = [
         ("id", k.id.to_string()),
@@ -226,11 +245,22 @@ fn print_details(k: &Key) {
         ("last used", opt(k.last_used_at.map(rfc3339))),
         ("rotated from", opt(k.rotated_from)),
         ("rpm", o.rpm.map_or("tier's".into(), |v| v.to_string())),
-        ("concurrency", o.concurrency.map_or("tier's".into(), |v| v.to_string())),
-        ("tokens/day", o.tokens_per_day.map_or("tier's".into(), |v| v.to_string())),
-        ("models", o.models.as_ref().map_or("tier's".into(), |m| m.join(","))),
+        (
+            "concurrency",
+            o.concurrency.map_or("tier's".into(), |v| v.to_string()),
+        ),
+        (
+            "tokens/day",
+            o.tokens_per_day.map_or("tier's".into(), |v| v.to_string()),
+        ),
+        (
+            "models",
+            o.models.as_ref().map_or("tier's".into(), |m| m.join(",")),
+        ),
     ];
+    let mut out = std::io::stdout().lock();
     for (label, value) in rows {
-        println!("{label:>13}  {value}");
+        writeln!(out, "{label:>13}  {value}")?;
     }
+    Ok(())
 }

@@ -8,7 +8,7 @@ mod tier;
 mod usage;
 mod user;
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use crate::cli::{Cli, Command};
 use crate::store::{OpenMode, Store};
@@ -37,15 +37,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(&db, *a),
         Command::Completions { shell } => {
             use clap::CommandFactory;
+            use std::io::Write;
+            // clap_complete panics on a failed write; render first, then write fallibly.
+            let mut script = Vec::new();
             let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "aigate", &mut std::io::stdout());
+            clap_complete::generate(shell, &mut cmd, "aigate", &mut script);
+            std::io::stdout().write_all(&script)?;
             Ok(())
         }
     }
 }
 
 /// Opens the database, saying on stderr when this created it.
-pub(crate) fn open(db: &PathBuf, mode: OpenMode) -> anyhow::Result<Store> {
+pub(crate) fn open(db: &Path, mode: OpenMode) -> anyhow::Result<Store> {
     let store = Store::open(db, mode)?;
     if store.created() {
         eprintln!("created database {}", db.display());

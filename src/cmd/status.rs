@@ -1,6 +1,7 @@
 //! `aigate status`: what an operator checks first.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -20,7 +21,7 @@ struct Status {
 }
 
 /// Runs `aigate status`.
-pub fn run(db: &PathBuf, json: bool) -> anyhow::Result<()> {
+pub fn run(db: &Path, json: bool) -> anyhow::Result<()> {
     let store = open(db, OpenMode::Existing)?;
     let (keys, usable_keys) = keys::counts(store.conn())?;
     let s = Status {
@@ -35,11 +36,13 @@ pub fn run(db: &PathBuf, json: bool) -> anyhow::Result<()> {
     if json {
         return output::print_json(&s);
     }
-    println!("aigate {}", s.version);
-    println!("database        {}", s.db_path);
-    println!("schema version  {}", s.schema_version);
-    println!("keys            {} ({} usable)", s.keys, s.usable_keys);
-    println!("users           {}", s.users);
-    println!("tiers           {}", s.tiers);
+    // writeln!, not println!: a closed stdout is an error (exit 1), not a panic.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "aigate {}", s.version)?;
+    writeln!(out, "database        {}", s.db_path)?;
+    writeln!(out, "schema version  {}", s.schema_version)?;
+    writeln!(out, "keys            {} ({} usable)", s.keys, s.usable_keys)?;
+    writeln!(out, "users           {}", s.users)?;
+    writeln!(out, "tiers           {}", s.tiers)?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `aigate tier list|set`.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use super::{open, operator};
 use crate::cli::TierCommand;
@@ -9,7 +9,7 @@ use crate::store::tiers::{self, Tier, TierChange, split_models};
 use crate::store::{OpenMode, audit};
 
 /// Runs a tier command.
-pub fn run(db: &PathBuf, cmd: TierCommand) -> anyhow::Result<()> {
+pub fn run(db: &Path, cmd: TierCommand) -> anyhow::Result<()> {
     match cmd {
         TierCommand::List(json) => {
             let store = open(db, OpenMode::Existing)?;
@@ -17,7 +17,14 @@ pub fn run(db: &PathBuf, cmd: TierCommand) -> anyhow::Result<()> {
             if json.json {
                 return output::print_json(&list);
             }
-            let mut t = output::table(&["TIER", "RPM", "CONCURRENCY", "TOKENS/DAY", "MODELS", "ADMIN"]);
+            let mut t = output::table(&[
+                "TIER",
+                "RPM",
+                "CONCURRENCY",
+                "TOKENS/DAY",
+                "MODELS",
+                "ADMIN",
+            ]);
             for tier in &list {
                 t.add_row(row(tier));
             }
@@ -75,7 +82,14 @@ pub fn run(db: &PathBuf, cmd: TierCommand) -> anyhow::Result<()> {
                 if created { "created" } else { "updated" },
                 tier.name
             );
-            let mut t = output::table(&["TIER", "RPM", "CONCURRENCY", "TOKENS/DAY", "MODELS", "ADMIN"]);
+            let mut t = output::table(&[
+                "TIER",
+                "RPM",
+                "CONCURRENCY",
+                "TOKENS/DAY",
+                "MODELS",
+                "ADMIN",
+            ]);
             t.add_row(row(&tier));
             output::print_table(&t, "")
         }

@@ -1,6 +1,6 @@
 //! `aigate usage`: requests and tokens, grouped by key, user or model.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use super::open;
 use crate::cli::{UsageArgs, UsageBy};
@@ -9,7 +9,7 @@ use crate::store::usage::{self, GroupBy};
 use crate::store::{OpenMode, now};
 
 /// Runs `aigate usage`.
-pub fn run(db: &PathBuf, a: UsageArgs) -> anyhow::Result<()> {
+pub fn run(db: &Path, a: UsageArgs) -> anyhow::Result<()> {
     let store = open(db, OpenMode::Existing)?;
     let since = a.since.map_or(0, |d| now() - d.as_secs() as i64);
     let by = match a.by {
@@ -22,7 +22,14 @@ pub fn run(db: &PathBuf, a: UsageArgs) -> anyhow::Result<()> {
     if a.json.json {
         return output::print_json(&rows);
     }
-    let mut t = output::table(&["KEY", "USER", "MODEL", "REQUESTS", "PROMPT TOKENS", "COMPLETION TOKENS"]);
+    let mut t = output::table(&[
+        "KEY",
+        "USER",
+        "MODEL",
+        "REQUESTS",
+        "PROMPT TOKENS",
+        "COMPLETION TOKENS",
+    ]);
     for r in &rows {
         t.add_row(vec![
             opt(r.key_id),

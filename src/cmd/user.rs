@@ -1,6 +1,6 @@
 //! `aigate user add|list|passwd|disable|enable|remove|set-tier`.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use super::{open, operator};
 use crate::auth::password;
@@ -9,7 +9,7 @@ use crate::output;
 use crate::store::{OpenMode, audit, rfc3339, users};
 
 /// Runs a user command.
-pub fn run(db: &PathBuf, cmd: UserCommand) -> anyhow::Result<()> {
+pub fn run(db: &Path, cmd: UserCommand) -> anyhow::Result<()> {
     match cmd {
         UserCommand::Add {
             name,
@@ -110,7 +110,7 @@ pub fn run(db: &PathBuf, cmd: UserCommand) -> anyhow::Result<()> {
     }
 }
 
-fn set_disabled(db: &PathBuf, name: &str, disabled: bool) -> anyhow::Result<()> {
+fn set_disabled(db: &Path, name: &str, disabled: bool) -> anyhow::Result<()> {
     let mut store = open(db, OpenMode::Existing)?;
     let kind = if disabled {
         "user_disable"

@@ -1,1 +1,129 @@
-//! `aigate serve`: the authenticating reverse proxy.
+//! `aigate serve`: the authenticating reverse proxy. [`server`] accepts connections
+//! (TLS, timeouts, graceful shutdown), [`handler`] routes a request and authenticates
+//! it, [`forward`] streams it to Ollama and back through the usage [`tap`].
+
+pub mod admin;
+pub mod forward;
+pub mod handler;
+pub mod limits;
+pub mod login;
+pub mod metrics;
+pub mod recorder;
+pub mod respond;
+pub mod server;
+pub mod tap;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use hyper::header::HeaderValue;
+use hyper::http::uri::{Authority, Scheme};
+
+use crate::auth::verifier::Verifier;
+
+/// Everything the gate is configured with, resolved from `serve`'s options.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub db: PathBuf,
+    pub upstreams: Vec<Upstream>,
+    pub token_ttl: Duration,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub max_body: u64,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub header_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub cors_origins: Vec<String>,
+    /// Whether `/auth/login` and JWTs are on.
+    pub login: bool,
+}
+
+/// One upstream Ollama.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// The `Host` header sent: the upstream's own authority (Ollama refuses others).
+    pub host: HeaderValue,
+}
+
+impl Upstream {
+    /// Parses `http://host:port` (a bare `host:port` means http). Only plain HTTP:
+    /// Ollama listens on loopback or a private network.
+    pub fn parse(s: &str) -> anyhow::Result<Upstream> {
+        let with_scheme = if s.contains("://") {
+            s.to_string()
+        } else {
+            format!("http://{s}")
+        };
+        let uri: hyper::Uri = with_scheme
+            .parse()
+            .map_err(|e| anyhow::anyhow!("bad upstream URL {s:?}: {e}"))?;
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            anyhow::bail!("upstream {s:?}: only http:// upstreams are supported");
+        }
+        if uri.path() != "/" && !uri.path().is_empty() {
+            anyhow::bail!("upstream {s:?}: give only scheme, host and port (no path)");
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("upstream {s:?} has no host"))?;
+        let host = HeaderValue::from_str(authority.as_str())?;
+        Ok(Upstream {
+            scheme: Scheme::HTTP,
+            authority,
+            host,
+        })
+    }
+}
+
+/// What every request handler shares.
+pub struct State {
+    pub config: Config,
+    pub verifier: Arc<Verifier>,
+    pub recorder: Arc<recorder::Recorder>,
+    pub metrics: metrics::Metrics,
+    pub client: forward::Client,
+    pub login: login::LoginGuard,
+    next_upstream: AtomicUsize,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl State {
+    /// Builds the shared state.
+    pub fn new(
+        config: Config,
+        verifier: Arc<Verifier>,
+        recorder: Arc<recorder::Recorder>,
+    ) -> State {
+        let client = forward::client(&config);
+        State {
+            config,
+            verifier,
+            recorder,
+            metrics: metrics::Metrics::default(),
+            client,
+            login: login::LoginGuard::default(),
+            next_upstream: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next upstream, round-robin.
+    pub fn upstream(&self) -> &Upstream {
+        let n = self
+            .next_upstream
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.config.upstreams[n % self.config.upstreams.len()]
+    }
+}

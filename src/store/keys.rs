@@ -283,7 +283,12 @@ pub fn set(conn: &Connection, id: i64, c: &KeyChange) -> Result<Key> {
             params![name, id],
         )?;
     }
-    fn apply(conn: &Connection, id: i64, column: &str, v: Option<rusqlite::types::Value>) -> Result<()> {
+    fn apply(
+        conn: &Connection,
+        id: i64,
+        column: &str,
+        v: Option<rusqlite::types::Value>,
+    ) -> Result<()> {
         conn.execute(
             &format!("UPDATE api_keys SET {column} = ?1 WHERE id = ?2"),
             params![v, id],

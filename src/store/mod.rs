@@ -224,7 +224,10 @@ impl Store {
 
     /// Runs `f` inside a write transaction taken up front (`BEGIN IMMEDIATE`), so that a
     /// concurrent writer makes this one wait rather than fail with "database is locked".
-    pub fn write<T>(&mut self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+    pub fn write<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -48,7 +48,9 @@ pub fn split_models(s: &str) -> Vec<String> {
 /// Checks that every model pattern is a valid glob.
 pub fn check_models(models: &[String]) -> Result<()> {
     if models.is_empty() {
-        return Err(StoreError::Invalid("--models needs at least one pattern".into()));
+        return Err(StoreError::Invalid(
+            "--models needs at least one pattern".into(),
+        ));
     }
     for m in models {
         globset::Glob::new(m)

@@ -78,7 +78,9 @@ pub fn add(conn: &Connection, name: &str, password_hash: &str, tier: &str) -> Re
     check_name(name)?;
     super::tiers::get(conn, tier)?;
     if find(conn, name)?.is_some() {
-        return Err(StoreError::Conflict(format!("user {name:?} already exists")));
+        return Err(StoreError::Conflict(format!(
+            "user {name:?} already exists"
+        )));
     }
     conn.execute(
         "INSERT INTO users (username, password_hash, tier, created_at) VALUES (?1, ?2, ?3, ?4)",

@@ -1,0 +1,461 @@
+//! The gate's verifier: turns a credential into a [`Principal`] and keeps what it learnt
+//! in memory, so that a cached key or token costs no SQLite query. Another process's
+//! commit (a CLI revoke, rotation, passwd, tier change…) is noticed by the gate's
+//! database thread through `PRAGMA data_version`, which then calls [`Verifier::refresh`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use rusqlite::Connection;
+
+use super::jwt::{JwtKeys, TokenError};
+use super::key::{self, KeyHash};
+use crate::store::keys::{self, AuthRow};
+use crate::store::tiers::{self, Tier};
+use crate::store::{Result as StoreResult, Store, StoreError, now, usage, users};
+
+/// The most credentials kept; past it the cache starts afresh (a flood of distinct
+/// keys cannot grow memory without bound).
+const MAX_ENTRIES: usize = 50_000;
+
+/// Why a request was not authenticated. Each maps to one status and body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credential")]
+    Missing,
+    #[error("malformed key")]
+    MalformedKey,
+    #[error("invalid key")]
+    InvalidKey,
+    #[error("key checksum mismatch")]
+    BadChecksum,
+    #[error("revoked key")]
+    RevokedKey,
+    #[error("expired key")]
+    ExpiredKey,
+    #[error("invalid token")]
+    InvalidToken,
+    #[error("expired token")]
+    ExpiredToken,
+    #[error("credential store unavailable")]
+    Unavailable,
+}
+
+impl AuthError {
+    /// A stable, space-free reason for logs and the audit table.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::MalformedKey => "malformed_key",
+            AuthError::InvalidKey => "unknown_key",
+            AuthError::BadChecksum => "bad_checksum",
+            AuthError::RevokedKey => "revoked_key",
+            AuthError::ExpiredKey => "expired_key",
+            AuthError::InvalidToken => "invalid_token",
+            AuthError::ExpiredToken => "expired_token",
+            AuthError::Unavailable => "store_unavailable",
+        }
+    }
+}
+
+/// Who is calling, resolved with the limits that apply.
+#[derive(Debug)]
+pub struct Principal {
+    /// The key's id, or `None` for a JWT caller.
+    pub key_id: Option<i64>,
+    /// The key's display prefix, empty for a JWT caller.
+    pub prefix: String,
+    /// The owning or logged-in user, if any.
+    pub user: Option<String>,
+    pub tier: String,
+    pub admin: bool,
+    pub limits: Limits,
+    /// When the key stops working (`None`: never).
+    pub expires_at: Option<i64>,
+    /// Refused: revoked key, or its user is disabled.
+    pub refused: bool,
+    /// The JWT token version this principal accepts (users only).
+    pub token_version: i64,
+    /// Live counters for the limits; carried over when the entry is refreshed.
+    pub state: Arc<LimitState>,
+}
+
+/// The effective limits of a principal: the key's overrides over its tier's.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub rpm: Option<u32>,
+    pub concurrency: Option<u32>,
+    pub tokens_per_day: Option<u64>,
+    /// `None`: every model is allowed.
+    pub models: Option<ModelFilter>,
+}
+
+/// A compiled model allow-list.
+#[derive(Debug, Clone)]
+pub struct ModelFilter {
+    set: GlobSet,
+    pub patterns: Vec<String>,
+}
+
+impl ModelFilter {
+    fn new(patterns: &[String]) -> Option<ModelFilter> {
+        if patterns.iter().any(|p| p == "*") {
+            return None;
+        }
+        let mut b = GlobSetBuilder::new();
+        for p in patterns {
+            // Patterns were checked on the way in; a bad one here allows nothing.
+            if let Ok(g) = Glob::new(p) {
+                b.add(g);
+            }
+        }
+        let set = b.build().unwrap_or_else(|_| GlobSet::empty());
+        Some(ModelFilter {
+            set,
+            patterns: patterns.to_vec(),
+        })
+    }
+
+    /// Whether `model` is allowed. `llama3` also matches a pattern written for
+    /// `llama3:latest`, as Ollama treats them as the same model.
+    pub fn allows(&self, model: &str) -> bool {
+        self.set.is_match(model)
+            || (!model.contains(':') && self.set.is_match(format!("{model}:latest")))
+    }
+}
+
+/// Per-principal counters used by the gate's limits.
+#[derive(Debug, Default)]
+pub struct LimitState {
+    /// Requests in flight.
+    pub inflight: std::sync::atomic::AtomicU32,
+    /// Sliding-window request counter: (window start in seconds, this window, previous).
+    pub window: Mutex<(u64, u32, u32)>,
+    /// Tokens used: (UTC day, tokens). Seeded from the usage table on first sight.
+    pub tokens: Mutex<(i64, u64)>,
+}
+
+fn resolve(row: &AuthRow, tiers: &HashMap<String, Tier>, state: Arc<LimitState>) -> Principal {
+    let k = &row.key;
+    let tier = tiers.get(&k.tier);
+    let o = &k.overrides;
+    let models = o
+        .models
+        .clone()
+        .or_else(|| tier.map(|t| t.models.clone()))
+        .unwrap_or_default();
+    Principal {
+        key_id: Some(k.id),
+        prefix: k.prefix.clone(),
+        user: k.user.clone(),
+        tier: k.tier.clone(),
+        admin: tier.is_some_and(|t| t.admin),
+        limits: Limits {
+            rpm: o.rpm.or(tier.and_then(|t| t.rpm)),
+            concurrency: o.concurrency.or(tier.and_then(|t| t.concurrency)),
+            tokens_per_day: o.tokens_per_day.or(tier.and_then(|t| t.tokens_per_day)),
+            models: ModelFilter::new(&models),
+        },
+        expires_at: k.expires_at,
+        // A key whose tier vanished is refused rather than given unknown limits.
+        refused: k.revoked_at.is_some() || row.user_disabled || tier.is_none(),
+        token_version: 0,
+        state,
+    }
+}
+
+fn resolve_user(
+    u: &users::User,
+    tiers: &HashMap<String, Tier>,
+    state: Arc<LimitState>,
+) -> Principal {
+    let tier = tiers.get(&u.tier);
+    Principal {
+        key_id: None,
+        prefix: String::new(),
+        user: Some(u.username.clone()),
+        tier: u.tier.clone(),
+        admin: tier.is_some_and(|t| t.admin),
+        limits: Limits {
+            rpm: tier.and_then(|t| t.rpm),
+            concurrency: tier.and_then(|t| t.concurrency),
+            tokens_per_day: tier.and_then(|t| t.tokens_per_day),
+            models: ModelFilter::new(&tier.map(|t| t.models.clone()).unwrap_or_default()),
+        },
+        expires_at: None,
+        refused: u.disabled || tier.is_none(),
+        token_version: u.token_version,
+        state,
+    }
+}
+
+fn seeded_state(conn: &Connection, key_id: i64, user: &str) -> StoreResult<Arc<LimitState>> {
+    let day = now().div_euclid(usage::DAY);
+    let used = usage::tokens_on(conn, day, key_id, user)?;
+    Ok(Arc::new(LimitState {
+        tokens: Mutex::new((day, used)),
+        ..LimitState::default()
+    }))
+}
+
+#[derive(Default)]
+struct Cache {
+    keys: HashMap<KeyHash, Option<Arc<Principal>>>,
+    users: HashMap<String, Option<Arc<Principal>>>,
+    tiers: HashMap<String, Tier>,
+}
+
+/// Verifies credentials against the cache, falling back to the database on a miss.
+pub struct Verifier {
+    cache: RwLock<Cache>,
+    /// Bumped before every refresh: a lookup that raced a refresh does not cache its
+    /// (possibly stale) answer.
+    generation: AtomicU64,
+    readers: Mutex<Vec<Store>>,
+    db: std::path::PathBuf,
+    jwt: Option<JwtKeys>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("db", &self.db).finish()
+    }
+}
+
+impl Verifier {
+    /// A verifier over the database at `db`; `jwt` enables token logins.
+    pub fn new(db: &std::path::Path, jwt: Option<JwtKeys>) -> StoreResult<Verifier> {
+        let store = Store::open(db, crate::store::OpenMode::Existing)?;
+        let tiers = load_tiers(store.conn())?;
+        Ok(Verifier {
+            cache: RwLock::new(Cache {
+                tiers,
+                ..Cache::default()
+            }),
+            generation: AtomicU64::new(0),
+            readers: Mutex::new(vec![store]),
+            db: db.to_path_buf(),
+            jwt,
+        })
+    }
+
+    /// The JWT keys, when logins are on.
+    pub fn jwt(&self) -> Option<&JwtKeys> {
+        self.jwt.as_ref()
+    }
+
+    /// Checks an API key. Returns `Ok(None)` when the answer needs the database (call
+    /// [`Verifier::load_key`] off the async runtime), so the common case stays lock-light
+    /// and synchronous.
+    pub fn check_key(&self, candidate: &str) -> Result<Option<Arc<Principal>>, AuthError> {
+        let hash = key::parse(candidate).map_err(|e| match e {
+            key::KeyFormatError::Checksum => AuthError::BadChecksum,
+            key::KeyFormatError::NotAKey => AuthError::MalformedKey,
+        })?;
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        match cache.keys.get(&hash) {
+            Some(Some(p)) => judge(p).map(Some),
+            Some(None) => Err(AuthError::InvalidKey),
+            None => Ok(None),
+        }
+    }
+
+    /// Looks a key up in the database and caches the answer. Blocking.
+    pub fn load_key(&self, candidate: &str) -> Result<Arc<Principal>, AuthError> {
+        let hash = key::parse(candidate).map_err(|_| AuthError::InvalidKey)?;
+        let generation = self.generation.load(Ordering::Acquire);
+        let found = self
+            .with_reader(|conn| {
+                let row = keys::find_by_hash(conn, &hash)?;
+                match row {
+                    Some(row) => {
+                        let state = seeded_state(conn, row.key.id, "")?;
+                        Ok(Some((row, state)))
+                    }
+                    None => Ok(None),
+                }
+            })
+            .map_err(|e| {
+                tracing::error!("credential lookup failed: {e}");
+                AuthError::Unavailable
+            })?;
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        let principal = found.map(|(row, state)| Arc::new(resolve(&row, &cache.tiers, state)));
+        if self.generation.load(Ordering::Acquire) == generation {
+            if cache.keys.len() >= MAX_ENTRIES {
+                cache.keys.clear();
+            }
+            // Another request may have loaded the same key meanwhile: keep its counters.
+            let entry = cache.keys.entry(hash).or_insert_with(|| principal.clone());
+            match (entry, principal) {
+                (Some(existing), Some(_)) => return judge(existing),
+                (entry, p) => *entry = p,
+            }
+        }
+        match cache.keys.get(&hash) {
+            Some(Some(p)) => judge(p),
+            _ => Err(AuthError::InvalidKey),
+        }
+    }
+
+    /// Checks a JWT: signature, algorithm and expiry with no I/O, then the user from the
+    /// cache. `Ok(None)` means the user must be loaded ([`Verifier::load_user`]).
+    pub fn check_token(
+        &self,
+        token: &str,
+    ) -> Result<(Option<Arc<Principal>>, String, i64), AuthError> {
+        let keys = self.jwt.as_ref().ok_or(AuthError::InvalidToken)?;
+        let claims = keys.verify(token).map_err(|e| match e {
+            TokenError::Expired => AuthError::ExpiredToken,
+            TokenError::Invalid => AuthError::InvalidToken,
+        })?;
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        let p = match cache.users.get(&claims.sub) {
+            Some(Some(p)) => Some(judge_user(p, claims.ver)?),
+            Some(None) => return Err(AuthError::InvalidToken),
+            None => None,
+        };
+        Ok((p, claims.sub, claims.ver))
+    }
+
+    /// Loads a user for a verified token and caches it. Blocking.
+    pub fn load_user(&self, name: &str, ver: i64) -> Result<Arc<Principal>, AuthError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let found = self
+            .with_reader(|conn| match users::find(conn, name)? {
+                Some(u) => {
+                    let state = seeded_state(conn, 0, &u.username)?;
+                    Ok(Some((u, state)))
+                }
+                None => Ok(None),
+            })
+            .map_err(|e| {
+                tracing::error!("user lookup failed: {e}");
+                AuthError::Unavailable
+            })?;
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        let principal = found.map(|(u, state)| Arc::new(resolve_user(&u, &cache.tiers, state)));
+        if self.generation.load(Ordering::Acquire) == generation {
+            if cache.users.len() >= MAX_ENTRIES {
+                cache.users.clear();
+            }
+            let entry = cache
+                .users
+                .entry(name.to_string())
+                .or_insert_with(|| principal.clone());
+            if let (Some(existing), Some(_)) = (&*entry, &principal) {
+                return judge_user(existing, ver);
+            }
+            *entry = principal;
+        }
+        match cache.users.get(name) {
+            Some(Some(p)) => judge_user(p, ver),
+            _ => Err(AuthError::InvalidToken),
+        }
+    }
+
+    /// A user and their password hash, for a login. Blocking.
+    pub fn credentials(&self, name: &str) -> StoreResult<Option<(users::User, String)>> {
+        self.with_reader(|conn| users::credentials(conn, name))
+    }
+
+    /// Re-reads every cached credential and the tiers after another connection
+    /// committed. Runs on the gate's database thread, with its connection.
+    pub fn refresh(&self, conn: &Connection) -> StoreResult<()> {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let tiers = load_tiers(conn)?;
+        let (key_ids, user_names) = {
+            let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+            let ids: Vec<(KeyHash, i64, Arc<LimitState>)> = cache
+                .keys
+                .iter()
+                .filter_map(|(h, p)| {
+                    p.as_ref()
+                        .and_then(|p| Some((*h, p.key_id?, p.state.clone())))
+                })
+                .collect();
+            let names: Vec<(String, Arc<LimitState>)> = cache
+                .users
+                .iter()
+                .filter_map(|(n, p)| p.as_ref().map(|p| (n.clone(), p.state.clone())))
+                .collect();
+            (ids, names)
+        };
+        let mut keys_out = HashMap::with_capacity(key_ids.len());
+        for (hash, id, state) in key_ids {
+            if let Some(row) = keys::find_by_id(conn, id)? {
+                keys_out.insert(hash, Some(Arc::new(resolve(&row, &tiers, state))));
+            }
+        }
+        let mut users_out = HashMap::with_capacity(user_names.len());
+        for (name, state) in user_names {
+            let p = users::find(conn, &name)?.map(|u| Arc::new(resolve_user(&u, &tiers, state)));
+            users_out.insert(name, p);
+        }
+        // Unknown keys may have been created meanwhile, so negative entries go.
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        cache.keys = keys_out;
+        cache.users = users_out;
+        cache.tiers = tiers;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Forgets everything, for a database that could not be read: the next requests
+    /// go to the database and fail closed if it still cannot be read.
+    pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        cache.keys.clear();
+        cache.users.clear();
+    }
+
+    /// How many credentials are cached (for metrics and tests).
+    pub fn cached(&self) -> usize {
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        cache.keys.len() + cache.users.len()
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let reader = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let store = match reader {
+            Some(s) => s,
+            None => Store::open(&self.db, crate::store::OpenMode::Existing)?,
+        };
+        let out = f(store.conn());
+        // Keep a few connections for the next misses; a failed one is dropped.
+        if out.is_ok() {
+            let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < 4 {
+                pool.push(store);
+            }
+        }
+        out
+    }
+}
+
+fn judge(p: &Arc<Principal>) -> Result<Arc<Principal>, AuthError> {
+    if p.refused {
+        return Err(AuthError::RevokedKey);
+    }
+    if p.expires_at.is_some_and(|e| e <= now()) {
+        return Err(AuthError::ExpiredKey);
+    }
+    Ok(p.clone())
+}
+
+fn judge_user(p: &Arc<Principal>, ver: i64) -> Result<Arc<Principal>, AuthError> {
+    if p.refused || p.token_version != ver {
+        return Err(AuthError::InvalidToken);
+    }
+    Ok(p.clone())
+}
+
+fn load_tiers(conn: &Connection) -> Result<HashMap<String, Tier>, StoreError> {
+    Ok(tiers::list(conn)?
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect())
+}

@@ -1,0 +1,215 @@
+//! The admin API (admin tier only): `POST /admin/keys` (201 with the raw key),
+//! `GET /admin/keys`, `DELETE /admin/keys/{id}` (204, 404 unknown, 400 not an id) and
+//! `POST /admin/keys/{id}/rotate` (201 with the new key). Each change is one write
+//! transaction with its audit entry, made off the async runtime.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+
+use super::State;
+use super::handler::read_body;
+use super::respond::{self, Body};
+use crate::auth::key;
+use crate::auth::verifier::Principal;
+use crate::store::keys::{self, NewKeyParams};
+use crate::store::{OpenMode, Store, StoreError, audit, now};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    tier: Option<String>,
+    user: Option<String>,
+    name: Option<String>,
+    /// A duration such as `30d`.
+    expires_in: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    /// A duration such as `7d` (the default).
+    grace: Option<String>,
+}
+
+enum Action {
+    List { all: bool },
+    Create(CreateKey),
+    Revoke(i64),
+    Rotate(i64, Rotate),
+}
+
+/// Handles `/admin/…` for an admin principal.
+pub async fn handle(
+    state: &Arc<State>,
+    who: &Principal,
+    ip: IpAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.split('/').skip(2).collect(); // after "/admin"
+    let id_of = |s: &str| s.parse::<i64>().ok().filter(|id| *id > 0);
+    let action = match (method.clone(), segments.as_slice()) {
+        (Method::GET, ["keys"]) => Action::List {
+            all: query.split('&').any(|p| p == "all=true" || p == "all=1"),
+        },
+        (Method::POST, ["keys"]) => match json_body::<CreateKey>(req).await {
+            Ok(b) => Action::Create(b),
+            Err(r) => return r,
+        },
+        (Method::DELETE, ["keys", id]) => match id_of(id) {
+            Some(id) => Action::Revoke(id),
+            None => {
+                return respond::error(
+                    StatusCode::BAD_REQUEST,
+                    "Key id must be a positive whole number",
+                );
+            }
+        },
+        (Method::POST, ["keys", id, "rotate"]) => match id_of(id) {
+            Some(id) => match json_body::<Rotate>(req).await {
+                Ok(b) => Action::Rotate(id, b),
+                Err(r) => return r,
+            },
+            None => {
+                return respond::error(
+                    StatusCode::BAD_REQUEST,
+                    "Key id must be a positive whole number",
+                );
+            }
+        },
+        (_, ["keys"]) | (_, ["keys", _]) | (_, ["keys", _, "rotate"]) => {
+            return respond::error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+        }
+        _ => return respond::error(StatusCode::NOT_FOUND, "Not Found"),
+    };
+    let db = state.config.db.clone();
+    let by = format!(
+        "api:{} ip={ip}",
+        who.user
+            .clone()
+            .unwrap_or_else(|| format!("{}…", who.prefix))
+    );
+    let result = tokio::task::spawn_blocking(move || run(&db, action, &by)).await;
+    match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(StoreError::NotFound(m))) => respond::error(StatusCode::NOT_FOUND, &m),
+        Ok(Err(StoreError::Invalid(m) | StoreError::Conflict(m))) => {
+            respond::error(StatusCode::BAD_REQUEST, &m)
+        }
+        Ok(Err(e)) => {
+            tracing::error!("admin API: {e}");
+            respond::error(StatusCode::SERVICE_UNAVAILABLE, "Database unavailable")
+        }
+        Err(_) => respond::error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
+    }
+}
+
+async fn json_body<T: for<'de> Deserialize<'de> + Default>(
+    req: Request<Incoming>,
+) -> Result<T, Response<Body>> {
+    let bytes = read_body(req.into_body(), 64 * 1024).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| respond::error(StatusCode::BAD_REQUEST, &format!("Bad JSON body: {e}")))
+}
+
+fn duration(s: Option<&str>, default: i64) -> Result<i64, StoreError> {
+    match s {
+        None => Ok(default),
+        Some(s) => crate::cli::parse_duration(s)
+            .map(|d| d.as_secs() as i64)
+            .map_err(StoreError::Invalid),
+    }
+}
+
+fn run(db: &std::path::Path, action: Action, by: &str) -> Result<Response<Body>, StoreError> {
+    let mut store = Store::open(db, OpenMode::Existing)?;
+    match action {
+        Action::List { all } => {
+            let list: Vec<_> = keys::list(store.conn(), all)?
+                .iter()
+                .map(|k| k.shown(None))
+                .collect();
+            Ok(respond::json(
+                StatusCode::OK,
+                &serde_json::to_value(list).unwrap_or_default(),
+            ))
+        }
+        Action::Create(c) => {
+            let expires_at = match c.expires_in.as_deref() {
+                Some(s) => Some(now() + duration(Some(s), 0)?),
+                None => None,
+            };
+            let new =
+                key::generate().map_err(|e| StoreError::Invalid(format!("random source: {e}")))?;
+            let params = NewKeyParams {
+                tier: c.tier,
+                user: c.user,
+                name: c.name,
+                expires_at,
+                ..NewKeyParams::default()
+            };
+            let k = store.write(|tx| {
+                let k = keys::create(tx, &new, &params)?;
+                audit::admin_action(
+                    tx,
+                    "key_create",
+                    k.user.as_deref(),
+                    Some(&k.prefix),
+                    format!("id={} tier={} by={by}", k.id, k.tier),
+                )?;
+                Ok(k)
+            })?;
+            Ok(respond::json(
+                StatusCode::CREATED,
+                &serde_json::to_value(k.shown(Some(&new.key))).unwrap_or_default(),
+            ))
+        }
+        Action::Revoke(id) => {
+            store.write(|tx| {
+                let (k, changed) = keys::revoke(tx, id)?;
+                if changed {
+                    audit::admin_action(
+                        tx,
+                        "key_revoke",
+                        k.user.as_deref(),
+                        Some(&k.prefix),
+                        format!("id={id} by={by}"),
+                    )?;
+                }
+                Ok(())
+            })?;
+            let mut r = Response::new(respond::full(bytes::Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            Ok(r)
+        }
+        Action::Rotate(id, r) => {
+            let grace = duration(r.grace.as_deref(), 7 * 86_400)?;
+            let new =
+                key::generate().map_err(|e| StoreError::Invalid(format!("random source: {e}")))?;
+            let fresh = store.write(|tx| {
+                let (fresh, old) = keys::rotate(tx, id, &new, grace)?;
+                audit::admin_action(
+                    tx,
+                    "key_rotate",
+                    fresh.user.as_deref(),
+                    Some(&fresh.prefix),
+                    format!("id={} replaces={} by={by}", fresh.id, old.id),
+                )?;
+                Ok(fresh)
+            })?;
+            Ok(respond::json(
+                StatusCode::CREATED,
+                &serde_json::to_value(fresh.shown(Some(&new.key))).unwrap_or_default(),
+            ))
+        }
+    }
+}

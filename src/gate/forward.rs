@@ -1,0 +1,425 @@
+//! Forwarding: the upstream request (credentials, hop-by-hop and spoofed forwarding
+//! headers stripped; `X-Forwarded-For` and the upstream's `Host` set; path and query
+//! byte-exact), the pooled client, error mapping (502/504), and the response body
+//! wrapper that streams each chunk on as it arrives while the usage tap reads it.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Sleep;
+
+use super::limits::{self, Slot};
+use super::respond::{self, Body, BoxError};
+use super::tap::Scanner;
+use super::{Config, State, Upstream};
+use crate::auth::verifier::Principal;
+use crate::store::usage::Counts;
+
+/// The pooled keep-alive client to the upstream(s).
+pub type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
+
+/// Builds the client.
+pub fn client(config: &Config) -> Client {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(true);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build(http)
+}
+
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+}
+
+/// Headers named in `Connection`, which are hop-by-hop too.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Copies `src` without hop-by-hop headers and those `Connection` names.
+pub fn strip_hop_by_hop(src: &HeaderMap, also_drop: impl Fn(&HeaderName) -> bool) -> HeaderMap {
+    let named = connection_named(src);
+    let mut out = HeaderMap::with_capacity(src.len() + 2);
+    for (name, value) in src {
+        if hop_by_hop(name) || named.contains(name) || also_drop(name) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// The headers sent upstream.
+pub fn upstream_headers(
+    src: &HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    https: bool,
+    up: &Upstream,
+) -> HeaderMap {
+    let mut out = strip_hop_by_hop(src, |n| {
+        n == X_API_KEY
+            || n == header::AUTHORIZATION
+            || n == header::HOST
+            || n == header::FORWARDED
+            || n.as_str().starts_with("x-forwarded-")
+    });
+    // A trusted proxy's chain is kept and extended; anyone else's is replaced.
+    let chain = if peer_trusted {
+        let before: Vec<&str> = src
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if before.is_empty() {
+            peer.to_string()
+        } else {
+            format!("{}, {peer}", before.join(", "))
+        }
+    } else {
+        peer.to_string()
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        out.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    out.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
+    out.insert(header::HOST, up.host.clone());
+    out
+}
+
+/// The client's address: the peer, or for a trusted proxy the last address in
+/// `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    hops.into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}
+
+/// Builds the upstream request for `parts` with `body`.
+pub fn upstream_request(
+    up: &Upstream,
+    parts: &hyper::http::request::Parts,
+    body: Body,
+    peer: IpAddr,
+    peer_trusted: bool,
+    https: bool,
+) -> Result<Request<Body>, hyper::http::Error> {
+    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let uri = Uri::builder()
+        .scheme(up.scheme.clone())
+        .authority(up.authority.clone())
+        .path_and_query(pq)
+        .build()?;
+    let mut req = Request::builder()
+        .method(parts.method.clone())
+        .uri(uri)
+        .body(body)?;
+    *req.headers_mut() = upstream_headers(&parts.headers, peer, peer_trusted, https, up);
+    Ok(req)
+}
+
+/// Sends `req` upstream, waiting at most the response timeout for its head.
+pub async fn send(state: &State, req: Request<Body>) -> Result<Response<Incoming>, Response<Body>> {
+    let started = Instant::now();
+    let result =
+        tokio::time::timeout(state.config.response_timeout, state.client.request(req)).await;
+    state
+        .metrics
+        .upstream_latency
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => {
+            if is_timeout(&e) {
+                tracing::warn!("upstream timed out: {e}");
+                Err(respond::error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "Upstream timeout",
+                ))
+            } else {
+                tracing::warn!("upstream unavailable: {}", chain(&e));
+                Err(respond::error(
+                    StatusCode::BAD_GATEWAY,
+                    "Upstream unavailable",
+                ))
+            }
+        }
+        Err(_) => {
+            tracing::warn!(
+                "upstream sent no response within {:?}",
+                state.config.response_timeout
+            );
+            Err(respond::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Upstream timeout",
+            ))
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The response headers sent back: the upstream's, without hop-by-hop ones.
+pub fn response_headers(src: &HeaderMap) -> HeaderMap {
+    strip_hop_by_hop(src, |_| false)
+}
+
+/// What is recorded when a forwarded response ends (or the client leaves).
+pub struct Accounting {
+    pub state: Arc<State>,
+    pub principal: Arc<Principal>,
+    /// The model the request named, if it was read.
+    pub model: Option<String>,
+    pub slot: Option<Slot>,
+}
+
+impl Accounting {
+    fn finish(self, scanner: Option<&Scanner>) {
+        let seen = scanner.map(Scanner::finish).unwrap_or_default();
+        let p = &self.principal;
+        let tokens = seen.prompt_tokens + seen.completion_tokens;
+        if tokens > 0 {
+            limits::add_tokens(&p.state, tokens);
+            let m = &self.state.metrics;
+            for (kind, n) in [
+                ("prompt", seen.prompt_tokens),
+                ("completion", seen.completion_tokens),
+            ] {
+                m.tokens
+                    .get_or_create(&super::metrics::TokenLabels {
+                        tier: p.tier.clone(),
+                        kind,
+                    })
+                    .inc_by(n);
+            }
+        }
+        let model = self.model.or(seen.model).unwrap_or_default();
+        self.state.recorder.record(
+            p.key_id,
+            p.user.as_deref(),
+            &model,
+            Counts {
+                requests: 1,
+                prompt_tokens: seen.prompt_tokens,
+                completion_tokens: seen.completion_tokens,
+            },
+        );
+        self.state.metrics.streams.dec();
+        // The concurrency slot (if any) is released here, as `self` drops.
+    }
+}
+
+/// A response body on its way to the client: each frame is passed on as it comes,
+/// read by the usage tap, and guarded by the idle timeout. Recording happens once, at
+/// the end of the stream or when the client goes away (drop).
+pub struct Tapped {
+    inner: Incoming,
+    scanner: Option<Scanner>,
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    accounting: Option<Accounting>,
+}
+
+impl Tapped {
+    /// Wraps `inner`; `scan` says whether to read token counts from it.
+    pub fn new(
+        inner: Incoming,
+        scan: bool,
+        idle_timeout: Duration,
+        accounting: Accounting,
+    ) -> Tapped {
+        accounting.state.metrics.streams.inc();
+        Tapped {
+            inner,
+            scanner: scan.then(Scanner::default),
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+            accounting: Some(accounting),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(a) = self.accounting.take() {
+            a.finish(self.scanner.as_ref());
+        }
+    }
+}
+
+impl Drop for Tapped {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl HttpBody for Tapped {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(sc), Some(data)) = (this.scanner.as_mut(), frame.data_ref()) {
+                    sc.feed(data);
+                }
+                let deadline = tokio::time::Instant::now() + this.idle_timeout;
+                this.idle.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.idle.as_mut().poll(cx).is_ready() {
+                    this.finish();
+                    tracing::warn!(
+                        "upstream idle for {:?}, ending the response",
+                        this.idle_timeout
+                    );
+                    return Poll::Ready(Some(Err("upstream idle timeout".into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up() -> Upstream {
+        Upstream::parse("http://127.0.0.1:11434").expect("upstream")
+    }
+
+    #[test]
+    fn credentials_and_hop_by_hop_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("aig_secret"));
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer aig_secret"),
+        );
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-custom"),
+        );
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil"));
+        h.insert("host", HeaderValue::from_static("gate.example"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        let out = upstream_headers(&h, "10.0.0.1".parse().expect("ip"), false, false, &up());
+        assert!(out.get("x-api-key").is_none());
+        assert!(out.get("authorization").is_none());
+        assert!(out.get("x-custom").is_none());
+        assert!(out.get("connection").is_none());
+        assert!(out.get("x-forwarded-host").is_none());
+        assert_eq!(out["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(out["host"], "127.0.0.1:11434");
+        assert_eq!(out["content-type"], "application/json");
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_peers() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.2.3.4, 10.0.0.9"),
+        );
+        let proxy: IpAddr = "10.0.0.1".parse().expect("ip");
+        let stranger: IpAddr = "5.5.5.5".parse().expect("ip");
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().expect("ip")
+        );
+        assert_eq!(client_ip(stranger, &h, &trusted), stranger);
+    }
+}

@@ -1,0 +1,509 @@
+//! One request, start to end: sanity checks, CORS, routing, authentication, the
+//! caller's limits and model allow-list, then forwarding.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::forward::{self, Accounting, Tapped};
+use super::limits;
+use super::metrics::{KindLabel, ReasonLabel, RequestLabels};
+use super::respond::{self, Body};
+use super::{State, admin, login};
+use crate::auth::jwt;
+use crate::auth::key;
+use crate::auth::verifier::{AuthError, Principal};
+use crate::store::audit;
+
+/// Most headers accepted (hyper's own limit is set higher so this one answers in JSON).
+pub const MAX_HEADERS: usize = 100;
+/// Most bytes of header names and values accepted.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// The largest `/api/tags` or `/v1/models` answer filtered for a caller.
+const MAX_LIST_BODY: usize = 16 << 20;
+
+/// What a path is, for routing and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Login,
+    Admin,
+    /// Ollama's model management: admin tier only.
+    Management,
+    /// `GET /api/tags`, `GET /v1/models`: filtered to the caller's models.
+    Models,
+    /// Everything else, forwarded after authentication.
+    Proxy,
+}
+
+impl Route {
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Health => "health",
+            Route::Login => "login",
+            Route::Admin => "admin",
+            Route::Management => "management",
+            Route::Models => "models",
+            Route::Proxy => "proxy",
+        }
+    }
+}
+
+/// Classifies a path. `None`: a path no client of Ollama sends (dot segments, empty
+/// segments, encoded dots, slashes or backslashes), refused so that no spelling can
+/// slip a management or admin route past the checks.
+pub fn classify(method: &Method, path: &str) -> Option<Route> {
+    let lower = path.to_ascii_lowercase();
+    if !path.starts_with('/')
+        || path.contains("//")
+        || path.contains('\\')
+        || path.split('/').any(|seg| seg == "." || seg == "..")
+        || lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+    {
+        return None;
+    }
+    let route = match path {
+        "/healthz" => Route::Health,
+        "/auth/login" => Route::Login,
+        "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete" => {
+            Route::Management
+        }
+        "/api/tags" | "/v1/models" if method == Method::GET => Route::Models,
+        p if p == "/admin" || p.starts_with("/admin/") => Route::Admin,
+        p if p.starts_with("/api/blobs/") || p == "/api/blobs" => Route::Management,
+        _ => Route::Proxy,
+    };
+    Some(route)
+}
+
+/// Serves one request; never fails (every error is a JSON response).
+pub async fn handle(
+    state: Arc<State>,
+    peer: SocketAddr,
+    https: bool,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let origin = allowed_origin(&state, req.headers());
+    let route = classify(req.method(), req.uri().path());
+    let mut resp = match route {
+        None => respond::error(StatusCode::BAD_REQUEST, "Bad path"),
+        Some(route) => {
+            if let Some(r) = preflight(&state, &req, origin.as_ref()) {
+                r
+            } else {
+                dispatch(&state, peer, https, req, route).await
+            }
+        }
+    };
+    if let Some(o) = origin {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.map_or("bad", Route::label),
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    Ok(resp)
+}
+
+fn allowed_origin(state: &State, headers: &HeaderMap) -> Option<HeaderValue> {
+    if state.config.cors_origins.is_empty() {
+        return None;
+    }
+    let origin = headers.get(header::ORIGIN)?;
+    let s = origin.to_str().ok()?;
+    state
+        .config
+        .cors_origins
+        .iter()
+        .any(|o| o == s)
+        .then(|| origin.clone())
+}
+
+/// A CORS preflight from an allowed origin, answered without credentials.
+fn preflight(
+    state: &State,
+    req: &Request<Incoming>,
+    origin: Option<&HeaderValue>,
+) -> Option<Response<Body>> {
+    if req.method() != Method::OPTIONS
+        || origin.is_none()
+        || !req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        || state.config.cors_origins.is_empty()
+    {
+        return None;
+    }
+    let mut r = Response::new(respond::full(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type, x-api-key"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    Some(r)
+}
+
+fn header_size_ok(headers: &HeaderMap) -> bool {
+    if headers.len() > MAX_HEADERS {
+        return false;
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    bytes <= MAX_HEADER_BYTES
+}
+
+async fn dispatch(
+    state: &Arc<State>,
+    peer: SocketAddr,
+    https: bool,
+    req: Request<Incoming>,
+    route: Route,
+) -> Response<Body> {
+    if !header_size_ok(req.headers()) {
+        return respond::error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request headers too large",
+        );
+    }
+    let ip = forward::client_ip(peer.ip(), req.headers(), &state.config.trusted_proxies);
+    match route {
+        Route::Health => {
+            return respond::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }));
+        }
+        Route::Login => return login::handle(state, ip, req).await,
+        _ => {}
+    }
+    let principal = match authenticate(state, req.headers()).await {
+        Ok(p) => p,
+        Err(e) => {
+            auth_failed(state, ip, e, req.headers(), req.method(), req.uri().path());
+            return respond::auth_error(e);
+        }
+    };
+    match route {
+        Route::Admin => {
+            if !principal.admin {
+                return forbidden_admin(&principal);
+            }
+            return admin::handle(state, &principal, ip, req).await;
+        }
+        Route::Management if !principal.admin => return forbidden_admin(&principal),
+        _ => {}
+    }
+    let slot = match limits::admit(&principal) {
+        Ok(slot) => slot,
+        Err(rejection) => {
+            state
+                .metrics
+                .rejections
+                .get_or_create(&KindLabel {
+                    kind: rejection.kind(),
+                })
+                .inc();
+            return respond::too_many(&rejection.detail(), rejection.retry_after());
+        }
+    };
+    forward_request(state, peer.ip(), https, req, route, principal, slot).await
+}
+
+fn forbidden_admin(p: &Principal) -> Response<Body> {
+    respond::error(
+        StatusCode::FORBIDDEN,
+        &format!("Tier {:?} may not use this route: admin tier only", p.tier),
+    )
+}
+
+/// The credential of a request: `X-API-Key`, else `Authorization: Bearer …`.
+pub fn credential(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get("x-api-key") {
+        return Some(v.to_str().unwrap_or("").trim());
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().unwrap_or("");
+    let (scheme, rest) = auth.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    Some(rest.trim())
+}
+
+/// Resolves the caller, from the cache when it can, else from the database off the
+/// async runtime.
+pub async fn authenticate(
+    state: &Arc<State>,
+    headers: &HeaderMap,
+) -> Result<Arc<Principal>, AuthError> {
+    let cred = match credential(headers) {
+        None => return Err(AuthError::Missing),
+        Some("") => return Err(AuthError::MalformedKey),
+        Some(c) => c,
+    };
+    if key::looks_like_key(cred) {
+        if let Some(p) = state.verifier.check_key(cred)? {
+            return Ok(p);
+        }
+        let verifier = state.verifier.clone();
+        let cred = cred.to_string();
+        return tokio::task::spawn_blocking(move || verifier.load_key(&cred))
+            .await
+            .map_err(|_| AuthError::Unavailable)?;
+    }
+    if jwt::looks_like_jwt(cred) {
+        if cred.len() > 8192 {
+            return Err(AuthError::InvalidToken);
+        }
+        let (cached, sub, ver) = state.verifier.check_token(cred)?;
+        if let Some(p) = cached {
+            return Ok(p);
+        }
+        let verifier = state.verifier.clone();
+        return tokio::task::spawn_blocking(move || verifier.load_user(&sub, ver))
+            .await
+            .map_err(|_| AuthError::Unavailable)?;
+    }
+    Err(AuthError::MalformedKey)
+}
+
+/// Logs one stable line per failure (for fail2ban: `auth_failure ip=<HOST> …`), counts
+/// it, and queues it for the audit table.
+fn auth_failed(
+    state: &State,
+    ip: IpAddr,
+    e: AuthError,
+    headers: &HeaderMap,
+    method: &Method,
+    path: &str,
+) {
+    let prefix = credential(headers)
+        .filter(|c| key::looks_like_key(c))
+        .map(key::display_prefix);
+    tracing::warn!(
+        "auth_failure ip={ip} reason={} key={} method={method} path={path}",
+        e.reason(),
+        prefix.as_deref().unwrap_or("-"),
+    );
+    state
+        .metrics
+        .auth_failures
+        .get_or_create(&ReasonLabel { reason: e.reason() })
+        .inc();
+    let queued = state.recorder.audit(audit::Entry {
+        at: crate::store::now(),
+        kind: "auth_failure".into(),
+        ip: Some(ip.to_string()),
+        reason: Some(e.reason().into()),
+        key_prefix: prefix,
+        user: None,
+        detail: Some(format!("{method} {path}")),
+    });
+    if !queued {
+        state.metrics.audit_dropped.inc();
+    }
+}
+
+/// Reads the whole request body, at most `limit` bytes.
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(respond::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("Request body over the limit of {limit} bytes"),
+        )),
+        Err(_) => Err(respond::error(
+            StatusCode::BAD_REQUEST,
+            "Could not read the request body",
+        )),
+    }
+}
+
+/// The `model` field of a JSON body, if any.
+fn model_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct WithModel {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<WithModel>(body).ok()?.model
+}
+
+async fn forward_request(
+    state: &Arc<State>,
+    peer: IpAddr,
+    https: bool,
+    req: Request<Incoming>,
+    route: Route,
+    principal: Arc<Principal>,
+    slot: Option<limits::Slot>,
+) -> Response<Body> {
+    let max = state.config.max_body;
+    let declared: Option<u64> = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    if declared.is_some_and(|n| n > max) {
+        return respond::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("Request body over the limit of {max} bytes"),
+        );
+    }
+    let (parts, incoming) = req.into_parts();
+    let filter = principal.limits.models.clone();
+    let has_body = !matches!(parts.method, Method::GET | Method::HEAD) || declared.is_some();
+    // The body is read whole only when it must be looked at (the model allow-list) or
+    // its size is not declared; otherwise it streams through as it arrives.
+    let must_read = has_body && (filter.is_some() || declared.is_none());
+    let (body, model) = if must_read {
+        let bytes = match read_body(incoming, max as usize).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let model = model_of(&bytes);
+        if let (Some(f), Some(m)) = (&filter, &model)
+            && !f.allows(m)
+        {
+            state
+                .metrics
+                .rejections
+                .get_or_create(&KindLabel { kind: "model" })
+                .inc();
+            return respond::error(
+                StatusCode::FORBIDDEN,
+                &format!("Model {m:?} is not allowed for tier {:?}", principal.tier),
+            );
+        }
+        (respond::full(bytes), model)
+    } else {
+        (incoming.map_err(Into::into).boxed(), None)
+    };
+    let peer_trusted = state
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer));
+    let upstream = state.upstream();
+    let up_req = match forward::upstream_request(upstream, &parts, body, peer, peer_trusted, https)
+    {
+        Ok(r) => r,
+        Err(_) => return respond::error(StatusCode::BAD_REQUEST, "Bad request"),
+    };
+    let resp = match forward::send(state, up_req).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let (mut head, upstream_body) = resp.into_parts();
+    head.headers = forward::response_headers(&head.headers);
+    let accounting = Accounting {
+        state: state.clone(),
+        principal: principal.clone(),
+        model,
+        slot,
+    };
+    if route == Route::Models && head.status.is_success() {
+        if let Some(f) = filter {
+            return filtered_models(head, upstream_body, &f, accounting, state).await;
+        }
+    }
+    let scan = head.status.is_success() && route == Route::Proxy;
+    let body = Tapped::new(upstream_body, scan, state.config.idle_timeout, accounting);
+    Response::from_parts(head, body.boxed())
+}
+
+/// `/api/tags` or `/v1/models`, with only the models the caller may use.
+async fn filtered_models(
+    mut head: hyper::http::response::Parts,
+    body: Incoming,
+    filter: &crate::auth::verifier::ModelFilter,
+    accounting: Accounting,
+    state: &Arc<State>,
+) -> Response<Body> {
+    let tapped = Tapped::new(body, false, state.config.idle_timeout, accounting);
+    let bytes = match Limited::new(tapped, MAX_LIST_BODY).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => return respond::error(StatusCode::BAD_GATEWAY, "Upstream unavailable"),
+    };
+    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return respond::error(StatusCode::BAD_GATEWAY, "Upstream unavailable");
+    };
+    // Ollama: {"models":[{"name":…}]}; OpenAI: {"data":[{"id":…}]}.
+    for (list, field) in [("models", "name"), ("data", "id")] {
+        if let Some(items) = doc.get_mut(list).and_then(|v| v.as_array_mut()) {
+            items.retain(|m| {
+                m.get(field)
+                    .and_then(|n| n.as_str())
+                    .is_some_and(|n| filter.allows(n))
+            });
+        }
+    }
+    let out = serde_json::to_vec(&doc).unwrap_or_default();
+    head.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(head, respond::full(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_that_could_hide_a_route_are_refused() {
+        for p in [
+            "//admin/keys",
+            "/api/../admin/keys",
+            "/api/%2e%2e/pull",
+            "/api/./pull",
+            "/x%2Fy",
+            "/a\\b",
+            "api",
+        ] {
+            assert_eq!(classify(&Method::GET, p), None, "{p}");
+        }
+        assert_eq!(
+            classify(&Method::POST, "/api/pull"),
+            Some(Route::Management)
+        );
+        assert_eq!(
+            classify(&Method::POST, "/api/blobs/sha256:abc"),
+            Some(Route::Management)
+        );
+        assert_eq!(classify(&Method::GET, "/api/tags"), Some(Route::Models));
+        assert_eq!(classify(&Method::POST, "/api/chat"), Some(Route::Proxy));
+        assert_eq!(classify(&Method::GET, "/admin/keys"), Some(Route::Admin));
+    }
+
+    #[test]
+    fn credential_sources() {
+        let mut h = HeaderMap::new();
+        assert_eq!(credential(&h), None);
+        h.insert("authorization", HeaderValue::from_static("bearer abc"));
+        assert_eq!(credential(&h), Some("abc"));
+        h.insert("x-api-key", HeaderValue::from_static("k"));
+        assert_eq!(credential(&h), Some("k"));
+        let mut basic = HeaderMap::new();
+        basic.insert("authorization", HeaderValue::from_static("Basic Zm9v"));
+        assert_eq!(credential(&basic), None);
+    }
+}

@@ -1,0 +1,117 @@
+//! Prometheus metrics, served on their own address (`--metrics-listen`), never on the
+//! public port.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of the request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+/// A single `reason`/`kind` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// A single `kind` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+/// Labels of the token counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub tier: String,
+    pub kind: &'static str,
+}
+
+/// Every metric of the gate.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub auth_failures: Family<ReasonLabel, Counter>,
+    pub rejections: Family<KindLabel, Counter>,
+    pub upstream_latency: Histogram,
+    pub streams: Gauge,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub audit_dropped: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("aigate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let auth_failures = Family::<ReasonLabel, Counter>::default();
+        let rejections = Family::<KindLabel, Counter>::default();
+        // 1 ms to about 65 s: model loading sits at the top.
+        let upstream_latency = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        let streams = Gauge::default();
+        let tokens = Family::<TokenLabels, Counter>::default();
+        let audit_dropped = Counter::default();
+        registry.register(
+            "requests",
+            "Requests by route class and status",
+            requests.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Authentication failures by reason",
+            auth_failures.clone(),
+        );
+        registry.register(
+            "limit_rejections",
+            "Requests refused by a limit",
+            rejections.clone(),
+        );
+        registry.register(
+            "upstream_response_seconds",
+            "Time from sending a request upstream to its response head",
+            upstream_latency.clone(),
+        );
+        registry.register(
+            "streams_in_flight",
+            "Responses being streamed",
+            streams.clone(),
+        );
+        registry.register("tokens", "Tokens by tier and kind", tokens.clone());
+        registry.register(
+            "audit_dropped",
+            "Audit entries dropped because the queue was full",
+            audit_dropped.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            auth_failures,
+            rejections,
+            upstream_latency,
+            streams,
+            tokens,
+            audit_dropped,
+        }
+    }
+}
+
+impl Metrics {
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,212 @@
+//! The usage tap: reads token counts out of a response as its chunks stream past,
+//! without holding or delaying any of them. It looks for the last value of Ollama's
+//! `"prompt_eval_count"`/`"eval_count"` and OpenAI's `"prompt_tokens"`/
+//! `"completion_tokens"`, and for the `"model"` the upstream answered with. A chunk may
+//! split anywhere: the last bytes of each chunk are kept to catch a field cut in two.
+//!
+//! Inside a JSON string a quote is escaped, so the content of a reply can never forge
+//! `"eval_count":` — the pattern's quotes only match real keys.
+
+use memchr::memmem;
+
+/// The longest field this scanner matches, with its value, kept between chunks.
+const CARRY: usize = 96;
+/// Longest model name kept.
+const MAX_MODEL: usize = 200;
+
+/// Token counts and model read from a response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub model: Option<String>,
+}
+
+/// The scanner's state for one response.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    carry: Vec<u8>,
+    ollama_prompt: Option<u64>,
+    ollama_eval: Option<u64>,
+    openai_prompt: Option<u64>,
+    openai_completion: Option<u64>,
+    model: Option<String>,
+}
+
+impl Scanner {
+    /// Feeds the next chunk.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if !self.carry.is_empty() {
+            // Fields cut by the chunk boundary: scan the stream's last bytes joined to
+            // the head of this chunk. Fields found whole in either part are found again
+            // with the same value, and a number cut short is replaced by its whole.
+            let mut joined = std::mem::take(&mut self.carry);
+            let carried = joined.len();
+            joined.extend_from_slice(&chunk[..chunk.len().min(CARRY)]);
+            self.scan(&joined);
+            joined.truncate(carried);
+            self.carry = joined;
+        }
+        self.scan(chunk);
+        if chunk.len() >= CARRY {
+            self.carry.clear();
+            self.carry.extend_from_slice(&chunk[chunk.len() - CARRY..]);
+        } else {
+            self.carry.extend_from_slice(chunk);
+            let excess = self.carry.len().saturating_sub(CARRY);
+            self.carry.drain(..excess);
+        }
+    }
+
+    /// What was seen, once the response has ended. Ollama's counts win over OpenAI's
+    /// when both appear; a missing count is 0.
+    pub fn finish(&self) -> Seen {
+        let (p, c) = if self.ollama_prompt.is_some() || self.ollama_eval.is_some() {
+            (self.ollama_prompt, self.ollama_eval)
+        } else {
+            (self.openai_prompt, self.openai_completion)
+        };
+        Seen {
+            prompt_tokens: p.unwrap_or(0),
+            completion_tokens: c.unwrap_or(0),
+            model: self.model.clone(),
+        }
+    }
+
+    fn scan(&mut self, buf: &[u8]) {
+        // Cheap pre-check: every field of interest contains one of these.
+        if memchr::memchr(b'"', buf).is_none() {
+            return;
+        }
+        if let Some(v) = last_number(buf, b"\"prompt_eval_count\":") {
+            self.ollama_prompt = Some(v);
+        }
+        if let Some(v) = last_number(buf, b"\"eval_count\":") {
+            self.ollama_eval = Some(v);
+        }
+        if let Some(v) = last_number(buf, b"\"prompt_tokens\":") {
+            self.openai_prompt = Some(v);
+        }
+        if let Some(v) = last_number(buf, b"\"completion_tokens\":") {
+            self.openai_completion = Some(v);
+        }
+        if self.model.is_none()
+            && let Some(m) = first_string(buf, b"\"model\":")
+        {
+            self.model = Some(m);
+        }
+    }
+}
+
+fn skip_ws(buf: &[u8], mut i: usize) -> usize {
+    while i < buf.len() && matches!(buf[i], b' ' | b'\t' | b'\r' | b'\n') {
+        i += 1;
+    }
+    i
+}
+
+/// The number after the last complete occurrence of `pat`.
+fn last_number(buf: &[u8], pat: &[u8]) -> Option<u64> {
+    let mut found = None;
+    for at in memmem::find_iter(buf, pat) {
+        let start = skip_ws(buf, at + pat.len());
+        let digits = buf[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        // A number at the very end may continue in the next chunk; the joined scan
+        // of the boundary then sees it whole and replaces this value.
+        if digits > 0 && digits <= 19 {
+            let s = std::str::from_utf8(&buf[start..start + digits]).ok()?;
+            found = s.parse().ok().or(found);
+        }
+    }
+    found
+}
+
+/// The string after the first complete occurrence of `pat` (no escapes expected in a
+/// model name; one with escapes is skipped).
+fn first_string(buf: &[u8], pat: &[u8]) -> Option<String> {
+    for at in memmem::find_iter(buf, pat) {
+        let start = skip_ws(buf, at + pat.len());
+        if buf.get(start) != Some(&b'"') {
+            continue;
+        }
+        let rest = &buf[start + 1..];
+        let end = memchr::memchr(b'"', rest)?;
+        let s = &rest[..end];
+        if s.contains(&b'\\') || s.is_empty() || s.len() > MAX_MODEL {
+            continue;
+        }
+        return std::str::from_utf8(s).ok().map(String::from);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NDJSON: &str = concat!(
+        r#"{"model":"llama3.2:latest","created_at":"x","message":{"role":"assistant","content":"\"eval_count\":999"},"done":false}"#,
+        "\n",
+        r#"{"model":"llama3.2:latest","created_at":"x","message":{"role":"assistant","content":""},"done_reason":"stop","done":true,"total_duration":1,"prompt_eval_count":26,"prompt_eval_duration":1,"eval_count":298,"eval_duration":1}"#,
+        "\n"
+    );
+
+    fn scan_split(s: &str, sizes: &[usize]) -> Seen {
+        let mut sc = Scanner::default();
+        let b = s.as_bytes();
+        let mut i = 0;
+        let mut k = 0;
+        while i < b.len() {
+            let n = sizes[k % sizes.len()].max(1).min(b.len() - i);
+            sc.feed(&b[i..i + n]);
+            i += n;
+            k += 1;
+        }
+        sc.finish()
+    }
+
+    #[test]
+    fn ndjson_counts_at_any_split() {
+        let want = Seen {
+            prompt_tokens: 26,
+            completion_tokens: 298,
+            model: Some("llama3.2:latest".into()),
+        };
+        for n in 1..NDJSON.len() {
+            assert_eq!(scan_split(NDJSON, &[n]), want, "split every {n}");
+        }
+        assert_eq!(scan_split(NDJSON, &[3, 7, 1, 50]), want);
+    }
+
+    #[test]
+    fn escaped_content_is_not_counted() {
+        let s = r#"{"message":{"content":"\"eval_count\":999"}}"#;
+        assert_eq!(scan_split(s, &[1000]).completion_tokens, 0);
+    }
+
+    #[test]
+    fn openai_usage_chunk() {
+        let s = concat!(
+            "data: {\"id\":\"1\",\"model\":\"qwen2.5:7b\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+            "data: {\"id\":\"1\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":7,\"total_tokens\":18}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        for n in 1..40 {
+            let seen = scan_split(s, &[n]);
+            assert_eq!(
+                (seen.prompt_tokens, seen.completion_tokens),
+                (11, 7),
+                "split {n}"
+            );
+            assert_eq!(seen.model.as_deref(), Some("qwen2.5:7b"));
+        }
+    }
+
+    #[test]
+    fn missing_counts_are_zero() {
+        assert_eq!(scan_split("{\"done\":true}", &[5]), Seen::default());
+    }
+}
