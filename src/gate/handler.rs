@@ -60,14 +60,17 @@ impl Route {
 /// segments, encoded dots, slashes or backslashes), refused so that no spelling can
 /// slip a management or admin route past the checks.
 pub fn classify(method: &Method, path: &str) -> Option<Route> {
-    let lower = path.to_ascii_lowercase();
+    let encoded_dot_or_slash = path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && (w[1..].eq_ignore_ascii_case(b"2e")
+                || w[1..].eq_ignore_ascii_case(b"2f")
+                || w[1..].eq_ignore_ascii_case(b"5c"))
+    });
     if !path.starts_with('/')
         || path.contains("//")
         || path.contains('\\')
         || path.split('/').any(|seg| seg == "." || seg == "..")
-        || lower.contains("%2e")
-        || lower.contains("%2f")
-        || lower.contains("%5c")
+        || encoded_dot_or_slash
     {
         return None;
     }
