@@ -19,6 +19,9 @@ use crate::store::{Result as StoreResult, Store, StoreError, now, usage, users};
 /// The most credentials kept; past it the cache starts afresh (a flood of distinct
 /// keys cannot grow memory without bound).
 const MAX_ENTRIES: usize = 50_000;
+/// The most well-formed but unknown keys remembered, so that repeating one costs no
+/// query; kept apart so that a flood of them cannot push out the known keys.
+const MAX_UNKNOWN: usize = 10_000;
 
 /// Why a request was not authenticated. Each maps to one status and body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -202,8 +205,9 @@ fn seeded_state(conn: &Connection, key_id: i64, user: &str) -> StoreResult<Arc<L
 
 #[derive(Default)]
 struct Cache {
-    keys: HashMap<KeyHash, Option<Arc<Principal>>>,
-    users: HashMap<String, Option<Arc<Principal>>>,
+    keys: HashMap<KeyHash, Arc<Principal>>,
+    unknown: std::collections::HashSet<KeyHash>,
+    users: HashMap<String, Arc<Principal>>,
     tiers: HashMap<String, Tier>,
 }
 
@@ -256,8 +260,8 @@ impl Verifier {
         })?;
         let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
         match cache.keys.get(&hash) {
-            Some(Some(p)) => judge(p).map(Some),
-            Some(None) => Err(AuthError::InvalidKey),
+            Some(p) => judge(p).map(Some),
+            None if cache.unknown.contains(&hash) => Err(AuthError::InvalidKey),
             None => Ok(None),
         }
     }
@@ -282,22 +286,30 @@ impl Verifier {
                 AuthError::Unavailable
             })?;
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        let principal = found.map(|(row, state)| Arc::new(resolve(&row, &cache.tiers, state)));
-        if self.generation.load(Ordering::Acquire) == generation {
+        // A refresh that ran during the query may have made the answer stale: then it
+        // serves this request but is not cached.
+        let fresh = self.generation.load(Ordering::Acquire) == generation;
+        let Some((row, state)) = found else {
+            if fresh {
+                if cache.unknown.len() >= MAX_UNKNOWN {
+                    cache.unknown.clear();
+                }
+                cache.unknown.insert(hash);
+            }
+            return Err(AuthError::InvalidKey);
+        };
+        // Another request may have loaded the same key meanwhile: keep its counters.
+        if let Some(existing) = cache.keys.get(&hash) {
+            return judge(existing);
+        }
+        let principal = Arc::new(resolve(&row, &cache.tiers, state));
+        if fresh {
             if cache.keys.len() >= MAX_ENTRIES {
                 cache.keys.clear();
             }
-            // Another request may have loaded the same key meanwhile: keep its counters.
-            let entry = cache.keys.entry(hash).or_insert_with(|| principal.clone());
-            match (entry, principal) {
-                (Some(existing), Some(_)) => return judge(existing),
-                (entry, p) => *entry = p,
-            }
+            cache.keys.insert(hash, principal.clone());
         }
-        match cache.keys.get(&hash) {
-            Some(Some(p)) => judge(p),
-            _ => Err(AuthError::InvalidKey),
-        }
+        judge(&principal)
     }
 
     /// Checks a JWT: signature, algorithm and expiry with no I/O, then the user from the
@@ -313,8 +325,7 @@ impl Verifier {
         })?;
         let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
         let p = match cache.users.get(&claims.sub) {
-            Some(Some(p)) => Some(judge_user(p, claims.ver)?),
-            Some(None) => return Err(AuthError::InvalidToken),
+            Some(p) => Some(judge_user(p, claims.ver)?),
             None => None,
         };
         Ok((p, claims.sub, claims.ver))
@@ -336,24 +347,21 @@ impl Verifier {
                 AuthError::Unavailable
             })?;
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        let principal = found.map(|(u, state)| Arc::new(resolve_user(&u, &cache.tiers, state)));
-        if self.generation.load(Ordering::Acquire) == generation {
+        let fresh = self.generation.load(Ordering::Acquire) == generation;
+        let Some((user, state)) = found else {
+            return Err(AuthError::InvalidToken);
+        };
+        if let Some(existing) = cache.users.get(name) {
+            return judge_user(existing, ver);
+        }
+        let principal = Arc::new(resolve_user(&user, &cache.tiers, state));
+        if fresh {
             if cache.users.len() >= MAX_ENTRIES {
                 cache.users.clear();
             }
-            let entry = cache
-                .users
-                .entry(name.to_string())
-                .or_insert_with(|| principal.clone());
-            if let (Some(existing), Some(_)) = (&*entry, &principal) {
-                return judge_user(existing, ver);
-            }
-            *entry = principal;
+            cache.users.insert(name.to_string(), principal.clone());
         }
-        match cache.users.get(name) {
-            Some(Some(p)) => judge_user(p, ver),
-            _ => Err(AuthError::InvalidToken),
-        }
+        judge_user(&principal, ver)
     }
 
     /// A user and their password hash, for a login. Blocking.
@@ -371,32 +379,46 @@ impl Verifier {
             let ids: Vec<(KeyHash, i64, Arc<LimitState>)> = cache
                 .keys
                 .iter()
-                .filter_map(|(h, p)| {
-                    p.as_ref()
-                        .and_then(|p| Some((*h, p.key_id?, p.state.clone())))
-                })
+                .filter_map(|(h, p)| Some((*h, p.key_id?, p.state.clone())))
                 .collect();
             let names: Vec<(String, Arc<LimitState>)> = cache
                 .users
                 .iter()
-                .filter_map(|(n, p)| p.as_ref().map(|p| (n.clone(), p.state.clone())))
+                .map(|(n, p)| (n.clone(), p.state.clone()))
                 .collect();
             (ids, names)
         };
+        let seen_keys: std::collections::HashSet<KeyHash> = key_ids.iter().map(|k| k.0).collect();
+        let seen_users: std::collections::HashSet<String> =
+            user_names.iter().map(|u| u.0.clone()).collect();
         let mut keys_out = HashMap::with_capacity(key_ids.len());
         for (hash, id, state) in key_ids {
             if let Some(row) = keys::find_by_id(conn, id)? {
-                keys_out.insert(hash, Some(Arc::new(resolve(&row, &tiers, state))));
+                keys_out.insert(hash, Arc::new(resolve(&row, &tiers, state)));
             }
         }
         let mut users_out = HashMap::with_capacity(user_names.len());
         for (name, state) in user_names {
-            let p = users::find(conn, &name)?.map(|u| Arc::new(resolve_user(&u, &tiers, state)));
-            users_out.insert(name, p);
+            if let Some(u) = users::find(conn, &name)? {
+                users_out.insert(name, Arc::new(resolve_user(&u, &tiers, state)));
+            }
         }
         // Unknown keys may have been created meanwhile, so negative entries go.
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        // Entries loaded while this ran were read after the commit that started it:
+        // they are current, keep them.
+        for (h, p) in cache.keys.drain() {
+            if !seen_keys.contains(&h) {
+                keys_out.insert(h, p);
+            }
+        }
+        for (n, p) in cache.users.drain() {
+            if !seen_users.contains(&n) {
+                users_out.insert(n, p);
+            }
+        }
         cache.keys = keys_out;
+        cache.unknown.clear();
         cache.users = users_out;
         cache.tiers = tiers;
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -409,6 +431,7 @@ impl Verifier {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         cache.keys.clear();
+        cache.unknown.clear();
         cache.users.clear();
     }
 
