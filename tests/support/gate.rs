@@ -150,10 +150,11 @@ impl Gate {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(" listening on ") {
-                    let _ = tx.send(line.clone());
-                }
+                let start = line.contains(" listening on ").then(|| line.clone());
                 sink.lock().expect("logs").push(line);
+                if let Some(l) = start {
+                    let _ = tx.send(l);
+                }
             }
         });
         let line = match rx.recv_timeout(Duration::from_secs(20)) {
