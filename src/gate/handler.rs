@@ -247,12 +247,14 @@ pub fn credential(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get("x-api-key") {
         return Some(v.to_str().unwrap_or("").trim());
     }
-    let auth = headers.get(header::AUTHORIZATION)?.to_str().unwrap_or("");
-    let (scheme, rest) = auth.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    // Split on bytes: a Bearer credential with non-ASCII bytes was still given (a
+    // malformed one), not absent.
+    let auth = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let space = auth.iter().position(|b| *b == b' ')?;
+    if !auth[..space].eq_ignore_ascii_case(b"bearer") {
         return None;
     }
-    Some(rest.trim())
+    Some(std::str::from_utf8(&auth[space + 1..]).map_or("", str::trim))
 }
 
 /// Resolves the caller, from the cache when it can, else from the database off the
@@ -344,13 +346,41 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<B
     }
 }
 
-/// The `model` field of a JSON body, if any.
-fn model_of(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct WithModel {
-        model: Option<String>,
+/// Every model a JSON body names at its top level, read as Ollama will read it: Go's
+/// decoder matches keys regardless of case and, of duplicates, keeps the last non-null
+/// one, so each is returned (the last is the one used). `Err` when serde cannot read the
+/// body as one JSON document (trailing data, bad escapes, deep nesting), which Go may
+/// still accept; with an allow-list such a body is refused rather than guessed at.
+fn models_of(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    struct Models;
+    impl<'de> Visitor<'de> for Models {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+            let mut found = Vec::new();
+            while let Some(k) = map.next_key::<String>()? {
+                if k.eq_ignore_ascii_case("model") {
+                    if let serde_json::Value::String(m) = map.next_value()? {
+                        found.push(m);
+                    }
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
     }
-    serde_json::from_slice::<WithModel>(body).ok()?.model
+    // Anything but an object names no model (and Ollama refuses it).
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Ok(Vec::new());
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let found = de.deserialize_map(Models)?;
+    de.end()?;
+    Ok(found)
 }
 
 async fn forward_request(
@@ -385,9 +415,13 @@ async fn forward_request(
             Ok(b) => b,
             Err(r) => return r,
         };
-        let model = model_of(&bytes);
-        if let (Some(f), Some(m)) = (&filter, &model)
-            && !f.allows(m)
+        let models = models_of(&bytes);
+        if filter.is_some() && models.is_err() {
+            return respond::error(StatusCode::BAD_REQUEST, "Request body is not valid JSON");
+        }
+        let models = models.unwrap_or_default();
+        if let Some(f) = &filter
+            && let Some(m) = models.iter().find(|m| !f.allows(m))
         {
             state
                 .metrics
@@ -399,7 +433,7 @@ async fn forward_request(
                 &format!("Model {m:?} is not allowed for tier {:?}", principal.tier),
             );
         }
-        (respond::full(bytes), model)
+        (respond::full(bytes), models.last().cloned())
     } else {
         (incoming.map_err(Into::into).boxed(), None)
     };
@@ -508,5 +542,24 @@ mod tests {
         let mut basic = HeaderMap::new();
         basic.insert("authorization", HeaderValue::from_static("Basic Zm9v"));
         assert_eq!(credential(&basic), None);
+    }
+
+    #[test]
+    fn models_are_read_as_go_reads_them() {
+        let m = |b: &str| models_of(b.as_bytes()).ok();
+        assert_eq!(m(r#"{"messages":[]}"#), Some(vec![]));
+        assert_eq!(m(""), Some(vec![]));
+        assert_eq!(
+            m(r#"{"model":"a","Model":"b","model":null,"MODEL":5}"#),
+            Some(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(m(r#"{"mod\u0065l":"a"}"#), Some(vec!["a".into()]));
+        assert_eq!(m(r#"{"model":"a"} {"model":"b"}"#), None);
+        // Go turns a lone surrogate into U+FFFD; the model is read all the same.
+        assert_eq!(m(r#"{"model":"a","x":"\ud800"}"#), Some(vec!["a".into()]));
+        assert_eq!(
+            m(&format!(r#"{{"model":"a","x":{}}}"#, "[".repeat(200))),
+            None
+        );
     }
 }
