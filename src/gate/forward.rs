@@ -263,7 +263,11 @@ impl Accounting {
                     .inc_by(n);
             }
         }
-        let model = self.model.or(seen.model).unwrap_or_default();
+        // Ollama reads `llama3.2` as `llama3.2:latest`; count both under one name.
+        let mut model = self.model.or(seen.model).unwrap_or_default();
+        if !model.is_empty() && !model.contains(':') {
+            model.push_str(":latest");
+        }
         self.state.recorder.record(
             p.key_id,
             p.user.as_deref(),

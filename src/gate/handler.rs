@@ -362,7 +362,8 @@ fn models_of(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
             let mut found = Vec::new();
             while let Some(k) = map.next_key::<String>()? {
-                if k.eq_ignore_ascii_case("model") {
+                // `name` is the older spelling Ollama still accepts (`/api/show`).
+                if k.eq_ignore_ascii_case("model") || k.eq_ignore_ascii_case("name") {
                     if let serde_json::Value::String(m) = map.next_value()? {
                         found.push(m);
                     }
