@@ -21,14 +21,56 @@ pub fn styled() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-/// A table with `headers`, fitted to the terminal's width.
-pub fn table(headers: &[&str]) -> Table {
-    let mut t = Table::new();
+/// Past this many rows a table is written as plain aligned columns: comfy-table lays out
+/// every cell in memory, which takes seconds for 100,000 keys, and nobody reads a table
+/// that long wrapped to the terminal anyway.
+const PLAIN_ABOVE: usize = 1_000;
+
+/// Rows under a header, printed by [`print_table`].
+#[derive(Debug, Default)]
+pub struct Rows {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Rows {
+    /// Adds a row (one cell per header).
+    pub fn add_row(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+}
+
+/// A table with `headers`.
+pub fn table(headers: &[&str]) -> Rows {
+    Rows {
+        headers: headers.iter().map(|h| h.to_string()).collect(),
+        rows: Vec::new(),
+    }
+}
+
+/// Prints a table fitted to the terminal's width (plain columns when very long), or
+/// `empty` when it has no rows.
+pub fn print_table(t: &Rows, empty: &str) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if t.rows.is_empty() {
+        writeln!(out, "{empty}")?;
+    } else if t.rows.len() > PLAIN_ABOVE {
+        write_plain(&mut out, t)?;
+    } else {
+        writeln!(out, "{}", comfy(t))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn comfy(t: &Rows) -> Table {
+    let mut table = Table::new();
     // No borders, one rule under the header: compact, and easy to read by eye or by awk.
-    t.load_preset(HEADER_RULE)
+    table
+        .load_preset(HEADER_RULE)
         .set_content_arrangement(ContentArrangement::Dynamic);
     let bold = styled();
-    t.set_header(headers.iter().map(|h| {
+    table.set_header(t.headers.iter().map(|h| {
         let c = Cell::new(h);
         if bold {
             c.add_attribute(Attribute::Bold)
@@ -37,27 +79,43 @@ pub fn table(headers: &[&str]) -> Table {
         }
     }));
     if !bold {
-        t.force_no_tty();
+        table.force_no_tty();
     }
-    t
+    for r in &t.rows {
+        table.add_row(r);
+    }
+    table
 }
 
-/// Prints a table, or a short line when it has no rows.
-pub fn print_table(t: &Table, empty: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    if t.row_count() == 0 {
-        writeln!(out, "{empty}")?;
-    } else {
-        writeln!(out, "{t}")?;
+/// The same layout as [`comfy`] without wrapping, streamed.
+fn write_plain(out: &mut impl Write, t: &Rows) -> std::io::Result<()> {
+    let width = |s: &str| s.chars().count();
+    let mut widths: Vec<usize> = t.headers.iter().map(|h| width(h)).collect();
+    for r in &t.rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(width(c));
+        }
+    }
+    let line = |out: &mut dyn Write, cells: &[String]| -> std::io::Result<()> {
+        for (c, w) in cells.iter().zip(&widths) {
+            write!(out, " {c}{:pad$} ", "", pad = w - width(c))?;
+        }
+        writeln!(out)
+    };
+    line(out, &t.headers)?;
+    writeln!(out, "{}", "─".repeat(widths.iter().map(|w| w + 2).sum()))?;
+    for r in &t.rows {
+        line(out, r)?;
     }
     Ok(())
 }
 
 /// Prints one JSON document.
 pub fn print_json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
+    out.flush()?;
     Ok(())
 }
 
