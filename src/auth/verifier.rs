@@ -429,6 +429,12 @@ impl Verifier {
     /// go to the database and fail closed if it still cannot be read.
     pub fn clear(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        // Pooled readers would keep answering from their page cache after the file
+        // went bad: drop them, so that the next lookups really open the database.
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         cache.keys.clear();
         cache.unknown.clear();

@@ -138,16 +138,16 @@ impl Store {
 
     fn configure(&self) -> Result<()> {
         // Switching to WAL needs a moment of exclusive access, which a concurrent opener
-        // may hold; the busy handler does not cover it, so retry briefly.
-        let mut tries = 0;
+        // may hold; the busy handler does not always cover it, so retry. Bounded by time,
+        // not tries: each try may itself wait the busy timeout on a locked file.
+        let started = std::time::Instant::now();
         loop {
             match self
                 .conn
                 .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
             {
                 Ok(_) => break,
-                Err(e) if is_busy(&e) && tries < 200 => {
-                    tries += 1;
+                Err(e) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(e) => return Err(e.into()),

@@ -191,6 +191,11 @@ impl Gate {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The process id of `aigate serve` (for /proc checks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the gate logged so far.
     pub fn logs(&self) -> String {
         self.logs.lock().expect("logs").join("\n")
