@@ -376,9 +376,20 @@ pub struct ServeArgs {
     pub cors_origin: Vec<String>,
 }
 
-/// Parses `30s`, `15m`, `24h`, `7d` (and anything humantime reads, like `1h30m`).
+/// The longest duration accepted: 100 years. Durations become `i64` seconds added to
+/// or taken from the Unix time (expiry, `--since`) and deadlines on `Instant`s (the
+/// gate's timeouts); far longer ones overflowed those (found by `fuzz/`).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// Parses `30s`, `15m`, `24h`, `7d` (and anything humantime reads, like `1h30m`), up to
+/// [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (try 30s, 15m, 24h or 7d)"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (try 30s, 15m, 24h or 7d)"))?;
+    if d > MAX_DURATION {
+        return Err(format!("{:?} is longer than 100 years", s.trim()));
+    }
+    Ok(d)
 }
 
 /// Parses a byte size: `1048576`, `512K`, `32M`, `1G` (powers of 1024; `KiB`/`MB` too).
@@ -436,5 +447,15 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    /// Found by `fuzz/` (duration): a duration past `i64` seconds turned a key's
+    /// expiry negative and overflowed the gate's `Instant` deadlines.
+    #[test]
+    fn durations_are_bounded() {
+        assert!(parse_duration(" 327611319552years ").is_err());
+        assert!(parse_duration("18446744073709551615s").is_err());
+        assert_eq!(parse_duration("100y"), Ok(MAX_DURATION));
+        assert!(parse_duration("100y 1s").is_err());
     }
 }

@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 
 /// Every key starts with this.
 pub const PREFIX: &str = "aig_";
-const SECRET_BYTES: usize = 48;
+/// How many random bytes a key carries.
+pub const SECRET_BYTES: usize = 48;
 const BODY_LEN: usize = 64; // base64url of 48 bytes, no padding
 const CHECK_LEN: usize = 6; // base64url of the first 4 bytes of SHA-256(body)
 /// The length of every key.
@@ -75,13 +76,19 @@ pub struct NewKey {
 pub fn generate() -> Result<NewKey, getrandom::Error> {
     let mut secret = [0u8; SECRET_BYTES];
     getrandom::fill(&mut secret)?;
+    Ok(from_secret(&secret))
+}
+
+/// Builds the key for given secret bytes: [`generate`] without the CSPRNG, so that
+/// tests and the fuzz targets can make keys deterministically.
+pub fn from_secret(secret: &[u8; SECRET_BYTES]) -> NewKey {
     let body = URL_SAFE_NO_PAD.encode(secret);
     let key = format!("{PREFIX}{body}{}", checksum(body.as_bytes()));
-    Ok(NewKey {
+    NewKey {
         hash: hash(&key),
         prefix: display_prefix(&key),
         key: RawKey(key),
-    })
+    }
 }
 
 fn checksum(body: &[u8]) -> String {

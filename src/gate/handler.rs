@@ -57,8 +57,10 @@ impl Route {
 }
 
 /// Classifies a path. `None`: a path no client of Ollama sends (dot segments, empty
-/// segments, encoded dots, slashes or backslashes), refused so that no spelling can
-/// slip a management or admin route past the checks.
+/// segments, encoded dots, slashes or backslashes, malformed escapes), refused so that
+/// no spelling can slip a management or admin route past the checks. The route is that
+/// of the percent-decoded path, because that is what Ollama's router matches:
+/// `/api/pul%6c` is `/api/pull`.
 pub fn classify(method: &Method, path: &str) -> Option<Route> {
     let encoded_dot_or_slash = path.as_bytes().windows(3).any(|w| {
         w[0] == b'%'
@@ -74,18 +76,49 @@ pub fn classify(method: &Method, path: &str) -> Option<Route> {
     {
         return None;
     }
-    let route = match path {
+    let decoded = percent_decoded(path)?;
+    let route = match decoded.as_ref() {
         "/healthz" => Route::Health,
         "/auth/login" => Route::Login,
         "/api/pull" | "/api/push" | "/api/create" | "/api/copy" | "/api/delete" => {
             Route::Management
         }
+        // The Ollama server's own account (ollama.com sign-in and its keys): only an
+        // admin may act as the server.
+        "/api/signin" | "/api/signout" | "/api/me" => Route::Management,
+        p if p.starts_with("/api/user/") => Route::Management,
         "/api/tags" | "/v1/models" if method == Method::GET => Route::Models,
         p if p == "/admin" || p.starts_with("/admin/") => Route::Admin,
         p if p.starts_with("/api/blobs/") || p == "/api/blobs" => Route::Management,
         _ => Route::Proxy,
     };
     Some(route)
+}
+
+/// `path` with its `%XX` escapes decoded (bytes that are not UTF-8 replaced, as no route
+/// has any), or `None` for a malformed escape, which Ollama refuses too.
+fn percent_decoded(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if !path.contains('%') {
+        return Some(std::borrow::Cow::Borrowed(path));
+    }
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hi = char::from(hex[0]).to_digit(16)?;
+            let lo = char::from(hex[1]).to_digit(16)?;
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(std::borrow::Cow::Owned(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
 }
 
 /// Serves one request; never fails (every error is a JSON response).
@@ -454,7 +487,7 @@ async fn forward_request(
         Err(r) => return r,
     };
     let (mut head, upstream_body) = resp.into_parts();
-    head.headers = forward::response_headers(&head.headers);
+    forward::strip_response_headers(&mut head.headers);
     let accounting = Accounting {
         state: state.clone(),
         principal: principal.clone(),
@@ -528,8 +561,33 @@ mod tests {
             Some(Route::Management)
         );
         assert_eq!(classify(&Method::GET, "/api/tags"), Some(Route::Models));
+        assert_eq!(classify(&Method::POST, "/api/signout"), Some(Route::Management));
+        assert_eq!(classify(&Method::DELETE, "/api/user/keys/x"), Some(Route::Management));
         assert_eq!(classify(&Method::POST, "/api/chat"), Some(Route::Proxy));
         assert_eq!(classify(&Method::GET, "/admin/keys"), Some(Route::Admin));
+    }
+
+    /// Found by `fuzz/` (credential_header): Ollama routes on the percent-decoded path,
+    /// so an escaped letter must not turn a filtered or admin-only route into a plain
+    /// proxy one.
+    #[test]
+    fn escaped_spellings_get_the_route_ollama_sees() {
+        for (method, p, want) in [
+            (Method::GET, "/v%31/models", Some(Route::Models)),
+            (Method::GET, "/api/tag%73", Some(Route::Models)),
+            (Method::POST, "/api/pul%6c", Some(Route::Management)),
+            (Method::POST, "/%61pi/%70ush", Some(Route::Management)),
+            (Method::POST, "/api/blob%73/x", Some(Route::Management)),
+            (Method::GET, "/a%64min/keys", Some(Route::Admin)),
+            // Decoded once, as Ollama does: `%256c` is the literal `%6c`.
+            (Method::POST, "/api/pul%256c", Some(Route::Proxy)),
+            (Method::POST, "/api/chat%", None),
+            (Method::POST, "/api/chat%4", None),
+            (Method::POST, "/api/chat%zz", None),
+            (Method::POST, "/api/chat%C3%A9", Some(Route::Proxy)),
+        ] {
+            assert_eq!(classify(&method, p), want, "{method} {p}");
+        }
     }
 
     #[test]

@@ -7,12 +7,36 @@
 //! Inside a JSON string a quote is escaped, so the content of a reply can never forge
 //! `"eval_count":` — the pattern's quotes only match real keys.
 
-use memchr::memmem;
+use std::sync::LazyLock;
 
-/// The longest field this scanner matches, with its value, kept between chunks.
-const CARRY: usize = 96;
+use memchr::memmem::Finder;
+
+/// How many of the stream's last bytes are kept between chunks, and how much of the
+/// next chunk is scanned joined to them: at least the longest field matched with its
+/// value (`"model": "` and a name of `MAX_MODEL` bytes), so that a field cut by a chunk
+/// boundary lies whole in the joined bytes. (96, too short for a long model name, lost
+/// the model; found by `fuzz/`.)
+const CARRY: usize = MAX_MODEL + 56;
 /// Longest model name kept.
 const MAX_MODEL: usize = 200;
+
+/// The searched keys, compiled once: building a `Finder` costs more than searching a
+/// small chunk with it, and every response is scanned.
+struct Patterns {
+    prompt_eval_count: Finder<'static>,
+    eval_count: Finder<'static>,
+    prompt_tokens: Finder<'static>,
+    completion_tokens: Finder<'static>,
+    model: Finder<'static>,
+}
+
+static PATTERNS: LazyLock<Patterns> = LazyLock::new(|| Patterns {
+    prompt_eval_count: Finder::new(b"\"prompt_eval_count\":"),
+    eval_count: Finder::new(b"\"eval_count\":"),
+    prompt_tokens: Finder::new(b"\"prompt_tokens\":"),
+    completion_tokens: Finder::new(b"\"completion_tokens\":"),
+    model: Finder::new(b"\"model\":"),
+});
 
 /// Token counts and model read from a response.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,20 +102,21 @@ impl Scanner {
         if memchr::memchr(b'"', buf).is_none() {
             return;
         }
-        if let Some(v) = last_number(buf, b"\"prompt_eval_count\":") {
+        let p = &*PATTERNS;
+        if let Some(v) = last_number(buf, &p.prompt_eval_count) {
             self.ollama_prompt = Some(v);
         }
-        if let Some(v) = last_number(buf, b"\"eval_count\":") {
+        if let Some(v) = last_number(buf, &p.eval_count) {
             self.ollama_eval = Some(v);
         }
-        if let Some(v) = last_number(buf, b"\"prompt_tokens\":") {
+        if let Some(v) = last_number(buf, &p.prompt_tokens) {
             self.openai_prompt = Some(v);
         }
-        if let Some(v) = last_number(buf, b"\"completion_tokens\":") {
+        if let Some(v) = last_number(buf, &p.completion_tokens) {
             self.openai_completion = Some(v);
         }
         if self.model.is_none()
-            && let Some(m) = first_string(buf, b"\"model\":")
+            && let Some(m) = first_string(buf, &p.model)
         {
             self.model = Some(m);
         }
@@ -106,10 +131,10 @@ fn skip_ws(buf: &[u8], mut i: usize) -> usize {
 }
 
 /// The number after the last complete occurrence of `pat`.
-fn last_number(buf: &[u8], pat: &[u8]) -> Option<u64> {
+fn last_number(buf: &[u8], pat: &Finder<'_>) -> Option<u64> {
     let mut found = None;
-    for at in memmem::find_iter(buf, pat) {
-        let start = skip_ws(buf, at + pat.len());
+    for at in pat.find_iter(buf) {
+        let start = skip_ws(buf, at + pat.needle().len());
         let digits = buf[start..]
             .iter()
             .take_while(|b| b.is_ascii_digit())
@@ -126,9 +151,9 @@ fn last_number(buf: &[u8], pat: &[u8]) -> Option<u64> {
 
 /// The string after the first complete occurrence of `pat` (no escapes expected in a
 /// model name; one with escapes is skipped).
-fn first_string(buf: &[u8], pat: &[u8]) -> Option<String> {
-    for at in memmem::find_iter(buf, pat) {
-        let start = skip_ws(buf, at + pat.len());
+fn first_string(buf: &[u8], pat: &Finder<'_>) -> Option<String> {
+    for at in pat.find_iter(buf) {
+        let start = skip_ws(buf, at + pat.needle().len());
         if buf.get(start) != Some(&b'"') {
             continue;
         }
@@ -202,6 +227,52 @@ mod tests {
                 "split {n}"
             );
             assert_eq!(seen.model.as_deref(), Some("qwen2.5:7b"));
+        }
+    }
+
+    /// Found by `fuzz/` (usage_tap): a model name longer than the carried bytes, with
+    /// `"model"` cut from its value by a chunk boundary, was never seen.
+    #[test]
+    fn long_model_cut_after_its_key() {
+        let model = "pxaaaaaxcaaxcaixaxcaaxcaixcicaixcZZ8eaaaaaiiaBaacicaixciiaBaaiixcaaaaaduokw6ppxaaaaaxcaaxcaixaxcaaxcaixkw6ppxaaaaaxcaaxcaixaxcaaxcaixcicaixcZZ8eaaaaaii";
+        let s = format!(
+            "{{\"model\": \"{model}\",\"created_at\": \"2025-01-01T00:00:00Z\",\"message\": {{\"role\": \"assistant\",\"content\": \"\"}},\"done_reason\": \"stop\",\"done\": true,\"total_duration\": 5191566416,\"load_duration\": 2154458}}\n"
+        );
+        let b = s.as_bytes();
+        let want = Seen {
+            model: Some(model.into()),
+            ..Seen::default()
+        };
+        // The fuzzer's cuts: three empty chunks, then 8, 119, 55, 35 and 121 bytes.
+        let mut sc = Scanner::default();
+        for (from, to) in [
+            (0, 0),
+            (0, 0),
+            (0, 0),
+            (0, 8),
+            (8, 8),
+            (8, 127),
+            (127, 182),
+            (182, 217),
+            (217, b.len()),
+        ] {
+            sc.feed(&b[from..to]);
+        }
+        assert_eq!(sc.finish(), want);
+        // And a name of the longest kept length, cut anywhere.
+        let longest = "m".repeat(MAX_MODEL);
+        let s = format!("{{\"model\": \"{longest}\",\"done\":true,\"eval_count\":5}}\n");
+        for cut in 0..=s.len() {
+            let mut sc = Scanner::default();
+            sc.feed(&s.as_bytes()[..cut]);
+            sc.feed(&s.as_bytes()[cut..]);
+            let seen = sc.finish();
+            assert_eq!(
+                seen.model.as_deref(),
+                Some(longest.as_str()),
+                "cut at {cut}"
+            );
+            assert_eq!(seen.completion_tokens, 5, "cut at {cut}");
         }
     }
 
