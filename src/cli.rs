@@ -366,6 +366,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this separate address (off by default)
     #[arg(long, env = "AIGATE_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Worker threads, each with its own listener (SO_REUSEPORT), runtime and upstream
+    /// connections [default: one per CPU]
+    #[arg(long, env = "AIGATE_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: Option<u16>,
     /// Answer CORS preflight for this browser origin (repeatable)
     #[arg(
         long,

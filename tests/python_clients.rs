@@ -27,7 +27,13 @@ fn python_path() -> String {
     }
     if !importable(&local) {
         let status = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
             .args(["--root-user-action=ignore"])
             .args(["--target", &local, "ollama>=0.6", "openai>=1.40"])
             .status()
@@ -70,6 +76,10 @@ async fn official_clients_work_through_the_gate() {
     let seen = fake.requests();
     assert!(seen.len() >= 5, "{} requests", seen.len());
     for r in seen {
-        assert!(r.headers.iter().all(|(k, _)| k != "authorization" && k != "x-api-key"));
+        assert!(
+            r.headers
+                .iter()
+                .all(|(k, _)| k != "authorization" && k != "x-api-key")
+        );
     }
 }

@@ -5,13 +5,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::auth::jwt::JwtKeys;
 use crate::auth::verifier::Verifier;
 use crate::cli::ServeArgs;
 use crate::gate::recorder::{DbThread, Recorder};
-use crate::gate::{Config, State, Upstream, server};
+use crate::gate::{Config, Shared, State, Upstream, server};
 use crate::store::{OpenMode, users};
 
 /// Runs the gate until SIGTERM or SIGINT.
@@ -61,16 +63,55 @@ pub fn run(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let recorder = Arc::new(Recorder::default());
     let db_thread = DbThread::spawn(db.to_path_buf(), verifier.clone(), recorder.clone())?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let shared = Shared::new(verifier, recorder);
+    let workers = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        usize::from,
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    // SO_REUSEPORT would let this gate silently share a port with another one already
+    // running: make sure the port is free first.
+    if args.listen.port() != 0 {
+        drop(
+            std::net::TcpListener::bind(args.listen)
+                .with_context(|| format!("listening on {}", args.listen))?,
+        );
+    }
+    // Worker 0 binds first, so that port 0 resolves to one port for all of them.
+    let mut threads = Vec::with_capacity(workers);
+    let mut addr = args.listen;
+    for n in 0..workers {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let worker = Worker {
+            n,
+            addr,
+            state: State::new(config.clone(), &shared),
+            tls: tls.clone(),
+            stop: stop_rx.clone(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("aigate-{n}"))
+                .spawn(move || worker.run(ready_tx))
+                .context("starting a worker thread")?,
+        );
+        match ready_rx.recv() {
+            Ok(Ok(bound)) => addr = bound,
+            Ok(Err(e)) => {
+                let _ = stop_tx.send(true);
+                return Err(e.context(format!("listening on {}", args.listen)));
+            }
+            Err(_) => anyhow::bail!("worker {n} failed to start"),
+        }
+    }
+
+    // The main thread answers signals and serves metrics.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("aigate")
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(async move {
-        let listener = TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("listening on {}", args.listen))?;
-        let addr = listener.local_addr()?;
+    let result = runtime.block_on(async {
         let metrics_listener = match args.metrics_listen {
             Some(a) => Some(
                 TcpListener::bind(a)
@@ -79,47 +120,109 @@ pub fn run(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
             ),
             None => None,
         };
-        let state = Arc::new(State::new(config, verifier, recorder));
-        let c = &state.config;
         tracing::info!(
-            "aigate {} listening on {}://{addr} db={} upstream={} tls={} login={} metrics={}",
+            "aigate {} listening on {}://{addr} db={} upstream={} tls={} login={} metrics={} workers={workers}",
             env!("CARGO_PKG_VERSION"),
             if tls.is_some() { "https" } else { "http" },
             db.display(),
-            c.upstreams
+            config
+                .upstreams
                 .iter()
                 .map(|u| format!("http://{}", u.authority))
                 .collect::<Vec<_>>()
                 .join(","),
             if tls.is_some() { "on" } else { "off" },
-            if c.login { "on" } else { "off" },
+            if config.login { "on" } else { "off" },
             metrics_listener
                 .as_ref()
                 .and_then(|l| l.local_addr().ok())
                 .map_or("off".to_string(), |a| format!("http://{a}/metrics")),
         );
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         if let Some(ml) = metrics_listener {
             let mut rx = stop_rx.clone();
-            tokio::spawn(server::run_metrics(ml, state.clone(), async move {
+            let state = Arc::new(State::new(config.clone(), &shared));
+            tokio::spawn(server::run_metrics(ml, state, async move {
                 let _ = rx.wait_for(|s| *s).await;
             }));
         }
-        let mut rx = stop_rx.clone();
-        let serving = tokio::spawn(server::run(listener, state, tls, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }));
         shutdown_signal().await;
         tracing::info!("shutting down: no new connections; letting in-flight requests finish");
-        let _ = stop_tx.send(true);
-        let _ = serving.await;
         anyhow::Ok(())
     });
-    // Streams still open past the shutdown timeout are cut here, with the runtime.
+    let _ = stop_tx.send(true);
+    for t in threads {
+        let _ = t.join();
+    }
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     db_thread.stop();
     tracing::info!("stopped");
     result
+}
+
+/// One worker: a single-threaded runtime with its own listener on the shared port and
+/// its own upstream connections, so that a request never crosses threads. The kernel
+/// spreads new connections over the workers' listeners.
+struct Worker {
+    n: usize,
+    addr: SocketAddr,
+    state: State,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Worker {
+    fn run(self, ready: std::sync::mpsc::Sender<anyhow::Result<SocketAddr>>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = ready.send(Err(e.into()));
+                return;
+            }
+        };
+        let Worker {
+            n,
+            addr,
+            state,
+            tls,
+            mut stop,
+        } = self;
+        runtime.block_on(async move {
+            let listener = match bind(addr) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready.send(Err(e.into()));
+                    return;
+                }
+            };
+            let bound = listener.local_addr().unwrap_or(addr);
+            let _ = ready.send(Ok(bound));
+            tracing::debug!("worker {n} accepting on {bound}");
+            server::run(listener, Arc::new(state), tls, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        });
+        // Streams still open past the shutdown timeout are cut here, with the runtime.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    }
+}
+
+/// A listener that other workers may bind too (SO_REUSEPORT; on Linux only processes of
+/// the same user can join it).
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 fn jwt_secret(args: &ServeArgs) -> anyhow::Result<Option<Vec<u8>>> {

@@ -561,8 +561,14 @@ mod tests {
             Some(Route::Management)
         );
         assert_eq!(classify(&Method::GET, "/api/tags"), Some(Route::Models));
-        assert_eq!(classify(&Method::POST, "/api/signout"), Some(Route::Management));
-        assert_eq!(classify(&Method::DELETE, "/api/user/keys/x"), Some(Route::Management));
+        assert_eq!(
+            classify(&Method::POST, "/api/signout"),
+            Some(Route::Management)
+        );
+        assert_eq!(
+            classify(&Method::DELETE, "/api/user/keys/x"),
+            Some(Route::Management)
+        );
         assert_eq!(classify(&Method::POST, "/api/chat"), Some(Route::Proxy));
         assert_eq!(classify(&Method::GET, "/admin/keys"), Some(Route::Admin));
     }

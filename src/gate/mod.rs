@@ -81,14 +81,35 @@ impl Upstream {
     }
 }
 
-/// What every request handler shares.
+/// What all workers share: credentials, recorded usage, metrics, login counters.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub verifier: Arc<Verifier>,
+    pub recorder: Arc<recorder::Recorder>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub login: Arc<login::LoginGuard>,
+}
+
+impl Shared {
+    /// Shared state over `verifier` and `recorder`, with fresh metrics and counters.
+    pub fn new(verifier: Arc<Verifier>, recorder: Arc<recorder::Recorder>) -> Shared {
+        Shared {
+            verifier,
+            recorder,
+            metrics: Arc::default(),
+            login: Arc::default(),
+        }
+    }
+}
+
+/// What every request handler of one worker uses.
 pub struct State {
     pub config: Config,
     pub verifier: Arc<Verifier>,
     pub recorder: Arc<recorder::Recorder>,
-    pub metrics: metrics::Metrics,
+    pub metrics: Arc<metrics::Metrics>,
     pub client: forward::Client,
-    pub login: login::LoginGuard,
+    pub login: Arc<login::LoginGuard>,
     next_upstream: AtomicUsize,
 }
 
@@ -101,20 +122,17 @@ impl std::fmt::Debug for State {
 }
 
 impl State {
-    /// Builds the shared state.
-    pub fn new(
-        config: Config,
-        verifier: Arc<Verifier>,
-        recorder: Arc<recorder::Recorder>,
-    ) -> State {
+    /// The state of one worker: its own upstream client (and so connection pool) over
+    /// what all workers share.
+    pub fn new(config: Config, shared: &Shared) -> State {
         let client = forward::client(&config);
         State {
             config,
-            verifier,
-            recorder,
-            metrics: metrics::Metrics::default(),
+            verifier: shared.verifier.clone(),
+            recorder: shared.recorder.clone(),
+            metrics: shared.metrics.clone(),
             client,
-            login: login::LoginGuard::default(),
+            login: shared.login.clone(),
             next_upstream: AtomicUsize::new(0),
         }
     }
