@@ -167,12 +167,18 @@ impl Gate {
                 );
             }
         };
-        let addr = line
+        let addr = match line
             .split("://")
             .nth(1)
             .and_then(|s| s.split_whitespace().next())
             .and_then(|s| s.parse().ok())
-            .expect("address in start line");
+        {
+            Some(a) => a,
+            None => {
+                let _ = child.kill();
+                panic!("no address in the start line: {line}");
+            }
+        };
         let metrics = line
             .split("metrics=http://")
             .nth(1)
