@@ -33,17 +33,7 @@ pub fn run(db: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                 expires_at: expires_in.map(|d| now() + d.as_secs() as i64),
                 overrides: overrides(&limits),
             };
-            let created = store.write(|tx| {
-                let k = keys::create(tx, &new, &params)?;
-                audit::admin_action(
-                    tx,
-                    "key_create",
-                    k.user.as_deref(),
-                    Some(&k.prefix),
-                    format!("id={} tier={} by={}", k.id, k.tier, operator()),
-                )?;
-                Ok(k)
-            })?;
+            let created = store.write(|tx| keys::create_audited(tx, &new, &params, &operator()))?;
             print_new(&created, &new.key, &output, "created")
         }
         KeyCommand::List { all, json } => {
@@ -92,15 +82,7 @@ pub fn run(db: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
             let mut store = open(db, OpenMode::Existing)?;
             let new = key::generate().context("reading the OS random source")?;
             let (fresh, old) = store.write(|tx| {
-                let (fresh, old) = keys::rotate(tx, id, &new, grace.as_secs() as i64)?;
-                audit::admin_action(
-                    tx,
-                    "key_rotate",
-                    fresh.user.as_deref(),
-                    Some(&fresh.prefix),
-                    format!("id={} replaces={} by={}", fresh.id, old.id, operator()),
-                )?;
-                Ok((fresh, old))
+                keys::rotate_audited(tx, id, &new, grace.as_secs() as i64, &operator())
             })?;
             if !output.quiet && !output.json {
                 eprintln!(
@@ -123,19 +105,7 @@ pub fn run(db: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                 ),
                 yes,
             )?;
-            let (k, changed) = store.write(|tx| {
-                let (k, changed) = keys::revoke(tx, id)?;
-                if changed {
-                    audit::admin_action(
-                        tx,
-                        "key_revoke",
-                        k.user.as_deref(),
-                        Some(&k.prefix),
-                        format!("id={} by={}", k.id, operator()),
-                    )?;
-                }
-                Ok((k, changed))
-            })?;
+            let (k, changed) = store.write(|tx| keys::revoke_audited(tx, id, &operator()))?;
             if changed {
                 eprintln!("revoked key {} ({}…)", k.id, k.prefix);
             } else {

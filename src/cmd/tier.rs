@@ -8,6 +8,16 @@ use crate::output::{self, opt};
 use crate::store::tiers::{self, Tier, TierChange, split_models};
 use crate::store::{OpenMode, audit};
 
+/// The columns of a tier table.
+const HEADERS: [&str; 6] = [
+    "TIER",
+    "RPM",
+    "CONCURRENCY",
+    "TOKENS/DAY",
+    "MODELS",
+    "ADMIN",
+];
+
 /// Runs a tier command.
 pub fn run(db: &Path, cmd: TierCommand) -> anyhow::Result<()> {
     match cmd {
@@ -17,14 +27,7 @@ pub fn run(db: &Path, cmd: TierCommand) -> anyhow::Result<()> {
             if json.json {
                 return output::print_json(&list);
             }
-            let mut t = output::table(&[
-                "TIER",
-                "RPM",
-                "CONCURRENCY",
-                "TOKENS/DAY",
-                "MODELS",
-                "ADMIN",
-            ]);
+            let mut t = output::table(&HEADERS);
             for tier in &list {
                 t.add_row(row(tier));
             }
@@ -82,14 +85,7 @@ pub fn run(db: &Path, cmd: TierCommand) -> anyhow::Result<()> {
                 if created { "created" } else { "updated" },
                 tier.name
             );
-            let mut t = output::table(&[
-                "TIER",
-                "RPM",
-                "CONCURRENCY",
-                "TOKENS/DAY",
-                "MODELS",
-                "ADMIN",
-            ]);
+            let mut t = output::table(&HEADERS);
             t.add_row(row(&tier));
             output::print_table(&t, "")
         }

@@ -16,7 +16,7 @@ use super::respond::{self, Body};
 use crate::auth::key;
 use crate::auth::verifier::Principal;
 use crate::store::keys::{self, NewKeyParams};
-use crate::store::{OpenMode, Store, StoreError, audit, now};
+use crate::store::{OpenMode, Store, StoreError, now};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -157,36 +157,14 @@ fn run(db: &std::path::Path, action: Action, by: &str) -> Result<Response<Body>,
                 expires_at,
                 ..NewKeyParams::default()
             };
-            let k = store.write(|tx| {
-                let k = keys::create(tx, &new, &params)?;
-                audit::admin_action(
-                    tx,
-                    "key_create",
-                    k.user.as_deref(),
-                    Some(&k.prefix),
-                    format!("id={} tier={} by={by}", k.id, k.tier),
-                )?;
-                Ok(k)
-            })?;
+            let k = store.write(|tx| keys::create_audited(tx, &new, &params, by))?;
             Ok(respond::json(
                 StatusCode::CREATED,
                 &serde_json::to_value(k.shown(Some(&new.key))).unwrap_or_default(),
             ))
         }
         Action::Revoke(id) => {
-            store.write(|tx| {
-                let (k, changed) = keys::revoke(tx, id)?;
-                if changed {
-                    audit::admin_action(
-                        tx,
-                        "key_revoke",
-                        k.user.as_deref(),
-                        Some(&k.prefix),
-                        format!("id={id} by={by}"),
-                    )?;
-                }
-                Ok(())
-            })?;
+            store.write(|tx| keys::revoke_audited(tx, id, by))?;
             let mut r = Response::new(respond::full(bytes::Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
             Ok(r)
@@ -195,17 +173,7 @@ fn run(db: &std::path::Path, action: Action, by: &str) -> Result<Response<Body>,
             let grace = duration(r.grace.as_deref(), 7 * 86_400)?;
             let new =
                 key::generate().map_err(|e| StoreError::Invalid(format!("random source: {e}")))?;
-            let fresh = store.write(|tx| {
-                let (fresh, old) = keys::rotate(tx, id, &new, grace)?;
-                audit::admin_action(
-                    tx,
-                    "key_rotate",
-                    fresh.user.as_deref(),
-                    Some(&fresh.prefix),
-                    format!("id={} replaces={} by={by}", fresh.id, old.id),
-                )?;
-                Ok(fresh)
-            })?;
+            let (fresh, _) = store.write(|tx| keys::rotate_audited(tx, id, &new, grace, by))?;
             Ok(respond::json(
                 StatusCode::CREATED,
                 &serde_json::to_value(fresh.shown(Some(&new.key))).unwrap_or_default(),

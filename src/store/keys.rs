@@ -255,6 +255,54 @@ pub fn revoke(conn: &Connection, id: i64) -> Result<(Key, bool)> {
     Ok((get(conn, id)?, changed))
 }
 
+/// [`create`] with its `key_create` audit row; `by` names who acted (the caller holds
+/// the transaction). The CLI and the admin API both make keys through this.
+pub fn create_audited(conn: &Connection, new: &NewKey, p: &NewKeyParams, by: &str) -> Result<Key> {
+    let k = create(conn, new, p)?;
+    super::audit::admin_action(
+        conn,
+        "key_create",
+        k.user.as_deref(),
+        Some(&k.prefix),
+        format!("id={} tier={} by={by}", k.id, k.tier),
+    )?;
+    Ok(k)
+}
+
+/// [`rotate`] with its `key_rotate` audit row. Returns (new key, old key).
+pub fn rotate_audited(
+    conn: &Connection,
+    id: i64,
+    new: &NewKey,
+    grace: i64,
+    by: &str,
+) -> Result<(Key, Key)> {
+    let (fresh, old) = rotate(conn, id, new, grace)?;
+    super::audit::admin_action(
+        conn,
+        "key_rotate",
+        fresh.user.as_deref(),
+        Some(&fresh.prefix),
+        format!("id={} replaces={} by={by}", fresh.id, old.id),
+    )?;
+    Ok((fresh, old))
+}
+
+/// [`revoke`] with its `key_revoke` audit row when it changed anything.
+pub fn revoke_audited(conn: &Connection, id: i64, by: &str) -> Result<(Key, bool)> {
+    let (k, changed) = revoke(conn, id)?;
+    if changed {
+        super::audit::admin_action(
+            conn,
+            "key_revoke",
+            k.user.as_deref(),
+            Some(&k.prefix),
+            format!("id={id} by={by}"),
+        )?;
+    }
+    Ok((k, changed))
+}
+
 /// What `key set` changes.
 #[derive(Debug, Clone, Default)]
 pub struct KeyChange {
