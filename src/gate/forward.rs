@@ -1,6 +1,6 @@
 //! Forwarding: the upstream request (credentials, hop-by-hop and spoofed forwarding
 //! headers stripped; `X-Forwarded-For` and the upstream's `Host` set; path and query
-//! byte-exact), the pooled client, error mapping (502/504), and the response body
+//! byte-exact), error mapping (502/504), and the response body
 //! wrapper that streams each chunk on as it arrives while the usage tap reads it.
 
 use std::net::IpAddr;
@@ -13,31 +13,15 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::time::Sleep;
 
 use super::limits::{self, Slot};
+use super::pool::{Lease, UpstreamError};
 use super::respond::{self, Body, BoxError};
 use super::tap::Scanner;
-use super::{Config, State, Upstream};
+use super::{State, Upstream};
 use crate::auth::verifier::Principal;
 use crate::store::usage::Counts;
-
-/// The pooled keep-alive client to the upstream(s).
-pub type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
-
-/// Builds the client.
-pub fn client(config: &Config) -> Client {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(config.connect_timeout));
-    http.set_nodelay(true);
-    http.enforce_http(true);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(http)
-}
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -197,31 +181,38 @@ pub fn upstream_request(
     Ok(req)
 }
 
-/// Sends `req` upstream, waiting at most the response timeout for its head.
-pub async fn send(state: &State, req: Request<Body>) -> Result<Response<Incoming>, Response<Body>> {
+/// Sends `req` to upstream `index`, waiting at most the response timeout for its head.
+pub async fn send(
+    state: &State,
+    index: usize,
+    up: &Upstream,
+    req: Request<Body>,
+) -> Result<(Response<Incoming>, Lease), Response<Body>> {
     let started = Instant::now();
-    let result =
-        tokio::time::timeout(state.config.response_timeout, state.client.request(req)).await;
+    let result = tokio::time::timeout(
+        state.config.response_timeout,
+        state.pool.send(index, up, req),
+    )
+    .await;
     state
         .metrics
         .upstream_latency
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => {
-            if is_timeout(&e) {
-                tracing::warn!("upstream timed out: {e}");
-                Err(respond::error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "Upstream timeout",
-                ))
-            } else {
-                tracing::warn!("upstream unavailable: {}", chain(&e));
-                Err(respond::error(
-                    StatusCode::BAD_GATEWAY,
-                    "Upstream unavailable",
-                ))
-            }
+        Ok(Ok(sent)) => Ok(sent),
+        Ok(Err(UpstreamError::Timeout)) => {
+            tracing::warn!("connecting to upstream {} timed out", up.authority);
+            Err(respond::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Upstream timeout",
+            ))
+        }
+        Ok(Err(UpstreamError::Unavailable(e))) => {
+            tracing::warn!("upstream unavailable: {e}");
+            Err(respond::error(
+                StatusCode::BAD_GATEWAY,
+                "Upstream unavailable",
+            ))
         }
         Err(_) => {
             tracing::warn!(
@@ -234,30 +225,6 @@ pub async fn send(state: &State, req: Request<Body>) -> Result<Response<Incoming
             ))
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
 }
 
 /// Makes the upstream's response headers the ones sent back: hop-by-hop headers (and
@@ -292,6 +259,8 @@ pub struct Accounting {
     /// The model the request named, if it was read.
     pub model: Option<String>,
     pub slot: Option<Slot>,
+    /// The upstream connection, returned to the pool when the body ends.
+    pub lease: Option<Lease>,
 }
 
 impl Accounting {
@@ -367,6 +336,13 @@ impl Tapped {
         }
     }
 
+    /// The body was read to the end: its connection can carry another request.
+    fn release(&mut self) {
+        if let Some(lease) = self.accounting.as_mut().and_then(|a| a.lease.take()) {
+            lease.release();
+        }
+    }
+
     fn finish(&mut self) {
         if let Some(a) = self.accounting.take() {
             a.finish(self.scanner.as_ref());
@@ -395,6 +371,11 @@ impl HttpBody for Tapped {
                     sc.feed(data);
                 }
                 this.last_frame = tokio::time::Instant::now();
+                // hyper stops polling a body that says it has ended, so the connection
+                // goes back to the pool here, not only on the final `None`.
+                if this.inner.is_end_stream() {
+                    this.release();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -402,6 +383,7 @@ impl HttpBody for Tapped {
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
+                this.release();
                 this.finish();
                 Poll::Ready(None)
             }

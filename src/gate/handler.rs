@@ -476,14 +476,14 @@ async fn forward_request(
         .trusted_proxies
         .iter()
         .any(|n| n.contains(&peer));
-    let upstream = state.upstream();
+    let (index, upstream) = state.upstream();
     let up_req = match forward::upstream_request(upstream, &parts, body, peer, peer_trusted, https)
     {
         Ok(r) => r,
         Err(_) => return respond::error(StatusCode::BAD_REQUEST, "Bad request"),
     };
-    let resp = match forward::send(state, up_req).await {
-        Ok(r) => r,
+    let (resp, lease) = match forward::send(state, index, upstream, up_req).await {
+        Ok(sent) => sent,
         Err(r) => return r,
     };
     let (mut head, upstream_body) = resp.into_parts();
@@ -493,6 +493,7 @@ async fn forward_request(
         principal: principal.clone(),
         model,
         slot,
+        lease: Some(lease),
     };
     if route == Route::Models && head.status.is_success() {
         if let Some(f) = filter {

@@ -8,6 +8,7 @@ pub mod handler;
 pub mod limits;
 pub mod login;
 pub mod metrics;
+pub mod pool;
 pub mod recorder;
 pub mod respond;
 pub mod server;
@@ -108,7 +109,7 @@ pub struct State {
     pub verifier: Arc<Verifier>,
     pub recorder: Arc<recorder::Recorder>,
     pub metrics: Arc<metrics::Metrics>,
-    pub client: forward::Client,
+    pub pool: pool::Pool,
     pub login: Arc<login::LoginGuard>,
     next_upstream: AtomicUsize,
 }
@@ -125,23 +126,24 @@ impl State {
     /// The state of one worker: its own upstream client (and so connection pool) over
     /// what all workers share.
     pub fn new(config: Config, shared: &Shared) -> State {
-        let client = forward::client(&config);
+        let pool = pool::Pool::new(config.upstreams.len(), config.connect_timeout);
         State {
             config,
             verifier: shared.verifier.clone(),
             recorder: shared.recorder.clone(),
             metrics: shared.metrics.clone(),
-            client,
+            pool,
             login: shared.login.clone(),
             next_upstream: AtomicUsize::new(0),
         }
     }
 
     /// The next upstream, round-robin.
-    pub fn upstream(&self) -> &Upstream {
+    pub fn upstream(&self) -> (usize, &Upstream) {
         let n = self
             .next_upstream
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        &self.config.upstreams[n % self.config.upstreams.len()]
+        let i = n % self.config.upstreams.len();
+        (i, &self.config.upstreams[i])
     }
 }
