@@ -133,7 +133,7 @@ pub async fn handle(
     let mut resp = match route {
         None => respond::error(StatusCode::BAD_REQUEST, "Bad path"),
         Some(route) => {
-            if let Some(r) = preflight(&state, &req, origin.as_ref()) {
+            if let Some(r) = preflight(&req, origin.as_ref()) {
                 r
             } else {
                 dispatch(&state, peer, https, req, route).await
@@ -171,17 +171,12 @@ fn allowed_origin(state: &State, headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// A CORS preflight from an allowed origin, answered without credentials.
-fn preflight(
-    state: &State,
-    req: &Request<Incoming>,
-    origin: Option<&HeaderValue>,
-) -> Option<Response<Body>> {
+fn preflight(req: &Request<Incoming>, origin: Option<&HeaderValue>) -> Option<Response<Body>> {
     if req.method() != Method::OPTIONS
         || origin.is_none()
         || !req
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-        || state.config.cors_origins.is_empty()
     {
         return None;
     }
@@ -327,8 +322,7 @@ pub async fn authenticate(
     Err(AuthError::MalformedKey)
 }
 
-/// Logs one stable line per failure (for fail2ban: `auth_failure ip=<HOST> …`), counts
-/// it, and queues it for the audit table.
+/// Records a failed authentication with the display prefix of a key-shaped credential.
 fn auth_failed(
     state: &State,
     ip: IpAddr,
@@ -340,23 +334,36 @@ fn auth_failed(
     let prefix = credential(headers)
         .filter(|c| key::looks_like_key(c))
         .map(key::display_prefix);
+    record_auth_failure(state, ip, e.reason(), prefix, None, method, path);
+}
+
+/// The one record of a failed authentication or login: a stable log line (for
+/// fail2ban: `auth_failure ip=<HOST> …`), the metric, and an audit entry queued.
+pub fn record_auth_failure(
+    state: &State,
+    ip: IpAddr,
+    reason: &'static str,
+    key_prefix: Option<String>,
+    user: Option<String>,
+    method: &Method,
+    path: &str,
+) {
     tracing::warn!(
-        "auth_failure ip={ip} reason={} key={} method={method} path={path}",
-        e.reason(),
-        prefix.as_deref().unwrap_or("-"),
+        "auth_failure ip={ip} reason={reason} key={} method={method} path={path}",
+        key_prefix.as_deref().unwrap_or("-"),
     );
     state
         .metrics
         .auth_failures
-        .get_or_create(&ReasonLabel { reason: e.reason() })
+        .get_or_create(&ReasonLabel { reason })
         .inc();
     let queued = state.recorder.audit(audit::Entry {
         at: crate::store::now(),
         kind: "auth_failure".into(),
         ip: Some(ip.to_string()),
-        reason: Some(e.reason().into()),
-        key_prefix: prefix,
-        user: None,
+        reason: Some(reason.into()),
+        key_prefix,
+        user,
         detail: Some(format!("{method} {path}")),
     });
     if !queued {

@@ -13,11 +13,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
 use super::State;
-use super::handler::read_body;
+use super::handler::{read_body, record_auth_failure};
 use super::respond::{self, Body};
 use crate::auth::jwt::Claims;
 use crate::auth::password;
-use crate::store::{audit, now, users};
+use crate::store::{now, users};
 
 const PER_IP: usize = 5;
 const IP_WINDOW: Duration = Duration::from_secs(60);
@@ -148,15 +148,15 @@ pub async fn handle(state: &Arc<State>, ip: IpAddr, req: Request<Incoming>) -> R
             ACCOUNT_WINDOW,
             true,
         );
-        tracing::warn!("auth_failure ip={ip} reason=bad_login key=- method=POST path=/auth/login");
-        state.recorder.audit(audit::Entry {
-            at: now(),
-            kind: "auth_failure".into(),
-            ip: Some(ip.to_string()),
-            reason: Some("bad_login".into()),
-            user: Some(form.username.chars().take(64).collect()),
-            ..audit::Entry::default()
-        });
+        record_auth_failure(
+            state,
+            ip,
+            "bad_login",
+            None,
+            Some(form.username.chars().take(64).collect()),
+            &Method::POST,
+            "/auth/login",
+        );
         return respond::login_failed();
     };
     let ttl = state.config.token_ttl.as_secs();
