@@ -411,6 +411,8 @@ async fn path_and_query_are_forwarded_byte_exact() {
         let reqs = fake.requests();
         assert_eq!(reqs.len(), before + 1, "{pq}");
         assert_eq!(reqs[before].path_and_query, pq);
+        // Origin form, as a client sends to a server (absolute form is for proxies).
+        assert_eq!(reqs[before].target, pq);
     }
     let r = get(&gate.url("/echo?x=%20a&y=1"), &key).await;
     assert_eq!(r.status, 200);

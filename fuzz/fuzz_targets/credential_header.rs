@@ -199,6 +199,9 @@ fn reference_route(method: &Method, p: &[u8]) -> Route {
         b"/api/pull" | b"/api/push" | b"/api/create" | b"/api/copy" | b"/api/delete" => {
             Route::Management
         }
+        // The Ollama server's own account.
+        b"/api/signin" | b"/api/signout" | b"/api/me" => Route::Management,
+        p if p.starts_with(b"/api/user/") => Route::Management,
         b"/api/tags" | b"/v1/models" if method == Method::GET => Route::Models,
         p if p == b"/admin" || p.starts_with(b"/admin/") => Route::Admin,
         p if p == b"/api/blobs" || p.starts_with(b"/api/blobs/") => Route::Management,
@@ -289,7 +292,8 @@ fn check_forwarding(h: &HeaderMap, peer: IpAddr, https: bool) {
 
     let up = upstream();
     let peer_trusted = is_trusted(&peer);
-    let out = upstream_headers(h, peer, peer_trusted, https, up);
+    let mut out = h.clone();
+    upstream_headers(&mut out, peer, peer_trusted, https, up);
     for gone in [
         "x-api-key",
         "authorization",

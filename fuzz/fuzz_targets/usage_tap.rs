@@ -152,8 +152,14 @@ fn scan_split(text: &[u8], r: &mut Reader) -> Seen {
     // Duplicates stay: they feed empty chunks.
     let mut sc = Scanner::default();
     let mut at = 0;
-    for cut in cuts {
-        sc.feed(&text[at..cut]);
+    let last = cuts.len() - 1;
+    for (i, cut) in cuts.into_iter().enumerate() {
+        // The gate feeds the chunk that ends a response with `feed_last`.
+        if i == last {
+            sc.feed_last(&text[at..cut]);
+        } else {
+            sc.feed(&text[at..cut]);
+        }
         at = cut;
     }
     sc.finish()

@@ -136,8 +136,54 @@ pub struct LimitState {
     pub inflight: std::sync::atomic::AtomicU32,
     /// Sliding-window request counter: (window start in seconds, this window, previous).
     pub window: Mutex<(u64, u32, u32)>,
-    /// Tokens used: (UTC day, tokens). Seeded from the usage table on first sight.
-    pub tokens: Mutex<(i64, u64)>,
+    /// Tokens used today: the UTC day in the top 20 bits, the count in the low 44, in
+    /// one word, so that a request reads it with a load and adds to it with one
+    /// compare-and-swap (no lock shared by the workers). Seeded from the usage table on
+    /// first sight.
+    tokens: std::sync::atomic::AtomicU64,
+}
+
+const TOKEN_BITS: u32 = 44;
+const TOKEN_MAX: u64 = (1 << TOKEN_BITS) - 1;
+
+fn pack_tokens(day: i64, used: u64) -> u64 {
+    ((day as u64) << TOKEN_BITS) | used.min(TOKEN_MAX)
+}
+
+impl LimitState {
+    /// A state whose count for `day` starts at `used`.
+    pub fn with_tokens(day: i64, used: u64) -> LimitState {
+        LimitState {
+            tokens: pack_tokens(day, used).into(),
+            ..LimitState::default()
+        }
+    }
+
+    /// Tokens used on `day` (0 once the stored day is another). Counts stop at 2^44.
+    pub fn tokens_on(&self, day: i64) -> u64 {
+        let t = self.tokens.load(std::sync::atomic::Ordering::Acquire);
+        if t >> TOKEN_BITS == pack_tokens(day, 0) >> TOKEN_BITS {
+            t & TOKEN_MAX
+        } else {
+            0
+        }
+    }
+
+    /// Adds `n` tokens to `day`'s count, starting it over when the day changed.
+    pub fn add_tokens(&self, day: i64, n: u64) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                let base = pack_tokens(day, 0);
+                let used = if t >> TOKEN_BITS == base >> TOKEN_BITS {
+                    t & TOKEN_MAX
+                } else {
+                    0
+                };
+                Some(pack_tokens(day, used.saturating_add(n)))
+            });
+    }
 }
 
 fn resolve(row: &AuthRow, tiers: &HashMap<String, Tier>, state: Arc<LimitState>) -> Principal {
@@ -197,17 +243,18 @@ fn resolve_user(
 fn seeded_state(conn: &Connection, key_id: i64, user: &str) -> StoreResult<Arc<LimitState>> {
     let day = now().div_euclid(usage::DAY);
     let used = usage::tokens_on(conn, day, key_id, user)?;
-    Ok(Arc::new(LimitState {
-        tokens: Mutex::new((day, used)),
-        ..LimitState::default()
-    }))
+    Ok(Arc::new(LimitState::with_tokens(day, used)))
 }
 
+/// The cache is read on every request: its maps hash with foldhash (seeded per process)
+/// rather than SipHash, which cost more than the rest of a cached key's check. The
+/// keys are SHA-256 digests and the names of existing users, which a caller cannot pick
+/// to collide.
 #[derive(Default)]
 struct Cache {
-    keys: HashMap<KeyHash, Arc<Principal>>,
-    unknown: std::collections::HashSet<KeyHash>,
-    users: HashMap<String, Arc<Principal>>,
+    keys: foldhash::HashMap<KeyHash, Arc<Principal>>,
+    unknown: foldhash::HashSet<KeyHash>,
+    users: foldhash::HashMap<String, Arc<Principal>>,
     tiers: HashMap<String, Tier>,
 }
 
@@ -391,13 +438,15 @@ impl Verifier {
         let seen_keys: std::collections::HashSet<KeyHash> = key_ids.iter().map(|k| k.0).collect();
         let seen_users: std::collections::HashSet<String> =
             user_names.iter().map(|u| u.0.clone()).collect();
-        let mut keys_out = HashMap::with_capacity(key_ids.len());
+        let mut keys_out =
+            foldhash::HashMap::with_capacity_and_hasher(key_ids.len(), Default::default());
         for (hash, id, state) in key_ids {
             if let Some(row) = keys::find_by_id(conn, id)? {
                 keys_out.insert(hash, Arc::new(resolve(&row, &tiers, state)));
             }
         }
-        let mut users_out = HashMap::with_capacity(user_names.len());
+        let mut users_out =
+            foldhash::HashMap::with_capacity_and_hasher(user_names.len(), Default::default());
         for (name, state) in user_names {
             if let Some(u) = users::find(conn, &name)? {
                 users_out.insert(name, Arc::new(resolve_user(&u, &tiers, state)));

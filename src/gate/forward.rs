@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri};
 use tokio::time::Sleep;
 
-use super::limits::{self, Slot};
+use super::limits::{self, Admitted};
 use super::pool::{Lease, UpstreamError};
 use super::respond::{self, Body, BoxError};
 use super::tap::Scanner;
 use super::{State, Upstream};
-use crate::auth::verifier::Principal;
 use crate::store::usage::Counts;
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -46,6 +46,13 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 /// and `keep-alive`, are skipped without parsing (and allocating) a name: the first
 /// names no header and the second is hop-by-hop anyway.
 fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    if let (Some(v), None) = (values.next(), values.next())
+        && (v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+            || v.as_bytes().eq_ignore_ascii_case(b"close"))
+    {
+        return Vec::new();
+    }
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -57,58 +64,62 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Copies `src` without hop-by-hop headers and those `Connection` names.
-pub fn strip_hop_by_hop(src: &HeaderMap, also_drop: impl Fn(&HeaderName) -> bool) -> HeaderMap {
-    let named = connection_named(src);
-    let mut out = HeaderMap::with_capacity(src.len() + 2);
-    for (name, value) in src {
-        if hop_by_hop(name) || named.contains(name) || also_drop(name) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
+/// Removes, in place, the hop-by-hop headers, those `Connection` names, and those
+/// `also_drop` picks. Removing only what is there costs less than copying the map, and
+/// a request or response mostly has one or two such headers, or none.
+fn strip_in_place(h: &mut HeaderMap, also_drop: impl Fn(&HeaderName) -> bool) {
+    let named = if h.contains_key(header::CONNECTION) {
+        connection_named(h)
+    } else {
+        Vec::new()
+    };
+    while let Some(name) = h
+        .keys()
+        .find(|n| hop_by_hop(n) || also_drop(n) || named.contains(n))
+        .cloned()
+    {
+        h.remove(name);
     }
-    out
 }
 
-/// The headers sent upstream.
+/// Makes a client's request headers the ones sent upstream, in place: credentials,
+/// hop-by-hop and forwarding headers removed; `X-Forwarded-For`, `X-Forwarded-Proto`
+/// and the upstream's `Host` set.
 pub fn upstream_headers(
-    src: &HeaderMap,
+    h: &mut HeaderMap,
     peer: IpAddr,
     peer_trusted: bool,
     https: bool,
     up: &Upstream,
-) -> HeaderMap {
-    let mut out = strip_hop_by_hop(src, |n| {
+) {
+    // A trusted proxy's chain is kept and extended; anyone else's is replaced.
+    let before: Vec<&str> = if peer_trusted {
+        h.get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let chain = if before.is_empty() {
+        ip_value(peer)
+    } else {
+        HeaderValue::from_str(&format!("{}, {peer}", before.join(", "))).ok()
+    };
+    strip_in_place(h, |n| {
         n == X_API_KEY
             || n == header::AUTHORIZATION
-            || n == header::HOST
             || n == header::FORWARDED
             || n.as_str().starts_with("x-forwarded-")
     });
-    // A trusted proxy's chain is kept and extended; anyone else's is replaced.
-    let chain = if peer_trusted {
-        let before: Vec<&str> = src
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if before.is_empty() {
-            ip_value(peer)
-        } else {
-            HeaderValue::from_str(&format!("{}, {peer}", before.join(", "))).ok()
-        }
-    } else {
-        ip_value(peer)
-    };
     if let Some(v) = chain {
-        out.insert(X_FORWARDED_FOR.clone(), v);
+        h.insert(X_FORWARDED_FOR.clone(), v);
     }
-    out.insert(
+    h.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if https { "https" } else { "http" }),
     );
-    out.insert(header::HOST, up.host.clone());
-    out
+    h.insert(header::HOST, up.host.clone());
 }
 
 /// `ip` as a header value. An IPv4 address is written out by hand: through `fmt` it
@@ -158,27 +169,33 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
         .unwrap_or(peer)
 }
 
-/// Builds the upstream request for `parts` with `body`.
+/// Builds the upstream request from the client's `parts` with `body`. The target is
+/// sent in origin form (`/path?query`, byte-exact), as to any server; absolute form is
+/// for proxies.
 pub fn upstream_request(
     up: &Upstream,
-    parts: &hyper::http::request::Parts,
+    parts: hyper::http::request::Parts,
     body: Body,
     peer: IpAddr,
     peer_trusted: bool,
     https: bool,
-) -> Result<Request<Body>, hyper::http::Error> {
-    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = Uri::builder()
-        .scheme(up.scheme.clone())
-        .authority(up.authority.clone())
-        .path_and_query(pq)
-        .build()?;
-    let mut req = Request::builder()
-        .method(parts.method.clone())
-        .uri(uri)
-        .body(body)?;
-    *req.headers_mut() = upstream_headers(&parts.headers, peer, peer_trusted, https, up);
-    Ok(req)
+) -> Request<Body> {
+    let hyper::http::request::Parts {
+        method,
+        uri,
+        mut headers,
+        ..
+    } = parts;
+    upstream_headers(&mut headers, peer, peer_trusted, https, up);
+    let target = uri
+        .into_parts()
+        .path_and_query
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = Uri::from(target);
+    *req.headers_mut() = headers;
+    req
 }
 
 /// Sends `req` to upstream `index`, waiting at most the response timeout for its head.
@@ -228,60 +245,35 @@ pub async fn send(
 }
 
 /// Makes the upstream's response headers the ones sent back: hop-by-hop headers (and
-/// those `Connection` names) are removed in place, as they are mostly absent and
-/// copying the map costs more than looking.
+/// those `Connection` names) are removed in place.
 pub fn strip_response_headers(h: &mut HeaderMap) {
-    if !h.keys().any(hop_by_hop) {
-        return;
-    }
-    for name in connection_named(h) {
-        h.remove(name);
-    }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
-        h.remove(name);
-    }
+    strip_in_place(h, |_| false);
 }
 
 /// What is recorded when a forwarded response ends (or the client leaves).
 pub struct Accounting {
     pub state: Arc<State>,
-    pub principal: Arc<Principal>,
+    /// The caller, and its concurrency slot (freed as this drops).
+    pub admitted: Admitted,
     /// The model the request named, if it was read.
     pub model: Option<String>,
-    pub slot: Option<Slot>,
     /// The upstream connection, returned to the pool when the body ends.
     pub lease: Option<Lease>,
 }
 
 impl Accounting {
-    fn finish(self, scanner: Option<&Scanner>) {
+    fn finish(self, scanner: Option<Scanner>) {
         let seen = scanner.map(Scanner::finish).unwrap_or_default();
-        let p = &self.principal;
+        let p = &self.admitted.principal;
         let tokens = seen.prompt_tokens + seen.completion_tokens;
         if tokens > 0 {
             limits::add_tokens(&p.state, tokens);
-            let m = &self.state.metrics;
-            for (kind, n) in [
-                ("prompt", seen.prompt_tokens),
-                ("completion", seen.completion_tokens),
-            ] {
-                m.tokens
-                    .get_or_create(&super::metrics::TokenLabels {
-                        tier: p.tier.clone(),
-                        kind,
-                    })
-                    .inc_by(n);
-            }
+            self.state.counters.tokens(
+                &self.state.metrics,
+                &p.tier,
+                seen.prompt_tokens,
+                seen.completion_tokens,
+            );
         }
         // Ollama reads `llama3.2` as `llama3.2:latest`; count both under one name.
         let mut model = self.model.or(seen.model).unwrap_or_default();
@@ -310,8 +302,9 @@ pub struct Tapped {
     inner: Incoming,
     scanner: Option<Scanner>,
     /// Fires at the latest `last_frame + idle_timeout`; moved on when it fires rather
-    /// than on every frame, since re-arming a timer takes the timer wheel's lock.
-    idle: Pin<Box<Sleep>>,
+    /// than on every frame, since re-arming a timer takes the timer wheel's lock. Made
+    /// the first time the upstream keeps the body waiting: most bodies never do.
+    idle: Option<Pin<Box<Sleep>>>,
     last_frame: tokio::time::Instant,
     idle_timeout: Duration,
     accounting: Option<Accounting>,
@@ -329,7 +322,7 @@ impl Tapped {
         Tapped {
             inner,
             scanner: scan.then(Scanner::default),
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle: None,
             last_frame: tokio::time::Instant::now(),
             idle_timeout,
             accounting: Some(accounting),
@@ -345,7 +338,7 @@ impl Tapped {
 
     fn finish(&mut self) {
         if let Some(a) = self.accounting.take() {
-            a.finish(self.scanner.as_ref());
+            a.finish(self.scanner.take());
         }
     }
 }
@@ -367,13 +360,18 @@ impl HttpBody for Tapped {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                let ended = this.inner.is_end_stream();
                 if let (Some(sc), Some(data)) = (this.scanner.as_mut(), frame.data_ref()) {
-                    sc.feed(data);
+                    if ended {
+                        sc.feed_last(data);
+                    } else {
+                        sc.feed(data);
+                    }
                 }
                 this.last_frame = tokio::time::Instant::now();
                 // hyper stops polling a body that says it has ended, so the connection
                 // goes back to the pool here, not only on the final `None`.
-                if this.inner.is_end_stream() {
+                if ended {
                     this.release();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -388,11 +386,15 @@ impl HttpBody for Tapped {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                while this.idle.as_mut().poll(cx).is_ready() {
+                let deadline = this.last_frame + this.idle_timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                while idle.as_mut().poll(cx).is_ready() {
                     let deadline = this.last_frame + this.idle_timeout;
                     if deadline > tokio::time::Instant::now() {
                         // A frame came since the timer was set: wait the rest.
-                        this.idle.as_mut().reset(deadline);
+                        idle.as_mut().reset(deadline);
                         continue;
                     }
                     this.finish();
@@ -441,7 +443,14 @@ mod tests {
         h.insert("x-forwarded-host", HeaderValue::from_static("evil"));
         h.insert("host", HeaderValue::from_static("gate.example"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
-        let out = upstream_headers(&h, "10.0.0.1".parse().expect("ip"), false, false, &up());
+        let mut out = h;
+        upstream_headers(
+            &mut out,
+            "10.0.0.1".parse().expect("ip"),
+            false,
+            false,
+            &up(),
+        );
         assert!(out.get("x-api-key").is_none());
         assert!(out.get("authorization").is_none());
         assert!(out.get("x-custom").is_none());
@@ -450,6 +459,27 @@ mod tests {
         assert_eq!(out["x-forwarded-for"], "10.0.0.1");
         assert_eq!(out["host"], "127.0.0.1:11434");
         assert_eq!(out["content-type"], "application/json");
+    }
+
+    #[test]
+    fn a_trusted_proxys_chain_is_extended_and_anyone_elses_replaced() {
+        let peer: IpAddr = "10.0.0.1".parse().expect("ip");
+        let xff = |value: Option<&'static [u8]>, trusted: bool| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = value {
+                h.insert(
+                    "x-forwarded-for",
+                    HeaderValue::from_bytes(v).expect("value"),
+                );
+            }
+            upstream_headers(&mut h, peer, trusted, false, &up());
+            h["x-forwarded-for"].to_str().expect("text").to_string()
+        };
+        assert_eq!(xff(Some(b"1.2.3.4"), true), "1.2.3.4, 10.0.0.1");
+        assert_eq!(xff(Some(b"1.2.3.4"), false), "10.0.0.1");
+        assert_eq!(xff(None, true), "10.0.0.1");
+        // A chain that is not text cannot be extended: the peer alone is sent.
+        assert_eq!(xff(Some(b"\xff"), true), "10.0.0.1");
     }
 
     #[test]
@@ -480,7 +510,8 @@ mod tests {
         h.append("set-cookie", HeaderValue::from_static("a=1"));
         h.append("set-cookie", HeaderValue::from_static("b=2"));
         strip_response_headers(&mut h);
-        let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        let mut names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
         assert_eq!(names, ["content-type", "set-cookie"]);
         assert_eq!(h.get_all("set-cookie").iter().count(), 2);
     }

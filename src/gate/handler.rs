@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::forward::{self, Accounting, Tapped};
 use super::limits;
-use super::metrics::{KindLabel, ReasonLabel, RequestLabels};
+use super::metrics::{KindLabel, ReasonLabel};
 use super::respond::{self, Body};
 use super::{State, admin, login};
 use crate::auth::jwt;
@@ -62,18 +62,7 @@ impl Route {
 /// of the percent-decoded path, because that is what Ollama's router matches:
 /// `/api/pul%6c` is `/api/pull`.
 pub fn classify(method: &Method, path: &str) -> Option<Route> {
-    let encoded_dot_or_slash = path.as_bytes().windows(3).any(|w| {
-        w[0] == b'%'
-            && (w[1..].eq_ignore_ascii_case(b"2e")
-                || w[1..].eq_ignore_ascii_case(b"2f")
-                || w[1..].eq_ignore_ascii_case(b"5c"))
-    });
-    if !path.starts_with('/')
-        || path.contains("//")
-        || path.contains('\\')
-        || path.split('/').any(|seg| seg == "." || seg == "..")
-        || encoded_dot_or_slash
-    {
+    if !plain_path(path.as_bytes()) {
         return None;
     }
     let decoded = percent_decoded(path)?;
@@ -93,6 +82,40 @@ pub fn classify(method: &Method, path: &str) -> Option<Route> {
         _ => Route::Proxy,
     };
     Some(route)
+}
+
+/// Whether `path` starts with `/` and has no empty, `.` or `..` segment, no backslash
+/// and no escaped dot, slash or backslash (`%2e`, `%2f`, `%5c`). One pass: it runs on
+/// every request.
+fn plain_path(path: &[u8]) -> bool {
+    if path.first() != Some(&b'/') {
+        return false;
+    }
+    let dots = |seg: &[u8]| seg == b"." || seg == b"..";
+    let mut seg_start = 1;
+    for (i, &b) in path.iter().enumerate().skip(1) {
+        match b {
+            b'/' => {
+                let seg = &path[seg_start..i];
+                if seg.is_empty() || dots(seg) {
+                    return false;
+                }
+                seg_start = i + 1;
+            }
+            b'\\' => return false,
+            b'%' => {
+                if let Some(hex) = path.get(i + 1..i + 3)
+                    && (hex.eq_ignore_ascii_case(b"2e")
+                        || hex.eq_ignore_ascii_case(b"2f")
+                        || hex.eq_ignore_ascii_case(b"5c"))
+                {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    !dots(&path[seg_start..])
 }
 
 /// `path` with its `%XX` escapes decoded (bytes that are not UTF-8 replaced, as no route
@@ -145,14 +168,11 @@ pub async fn handle(
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
         h.append(header::VARY, HeaderValue::from_static("Origin"));
     }
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route: route.map_or("bad", Route::label),
-            status: resp.status().as_u16(),
-        })
-        .inc();
+    state.counters.request(
+        &state.metrics,
+        route.map_or("bad", Route::label),
+        resp.status().as_u16(),
+    );
     Ok(resp)
 }
 
@@ -247,8 +267,8 @@ async fn dispatch(
         Route::Management if !principal.admin => return forbidden_admin(&principal),
         _ => {}
     }
-    let slot = match limits::admit(&principal) {
-        Ok(slot) => slot,
+    let admitted = match limits::admit(principal) {
+        Ok(a) => a,
         Err(rejection) => {
             state
                 .metrics
@@ -260,7 +280,7 @@ async fn dispatch(
             return respond::too_many(&rejection.detail(), rejection.retry_after());
         }
     };
-    forward_request(state, peer.ip(), https, req, route, principal, slot).await
+    forward_request(state, peer.ip(), https, req, route, admitted).await
 }
 
 fn forbidden_admin(p: &Principal) -> Response<Body> {
@@ -371,19 +391,37 @@ pub fn record_auth_failure(
     }
 }
 
-/// Reads the whole request body, at most `limit` bytes.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(respond::error(
+/// Reads the whole request body, at most `limit` bytes. A body that comes in one
+/// frame, as most do, is kept as it came, without a copy.
+pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    let too_large = || {
+        respond::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("Request body over the limit of {limit} bytes"),
-        )),
-        Err(_) => Err(respond::error(
-            StatusCode::BAD_REQUEST,
-            "Could not read the request body",
-        )),
+        )
+    };
+    let unreadable = || respond::error(StatusCode::BAD_REQUEST, "Could not read the request body");
+    let mut first: Option<Bytes> = None;
+    let mut joined = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| unreadable())?.into_data() else {
+            continue; // trailers
+        };
+        let len = first.as_ref().map_or(0, Bytes::len) + joined.len() + data.len();
+        if len > limit {
+            return Err(too_large());
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    joined.extend_from_slice(&earlier);
+                }
+                joined.extend_from_slice(&data);
+            }
+        }
     }
+    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
 /// Every model a JSON body names at its top level, read as Ollama will read it: Go's
@@ -392,21 +430,80 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<B
 /// body as one JSON document (trailing data, bad escapes, deep nesting), which Go may
 /// still accept; with an allow-list such a body is refused rather than guessed at.
 fn models_of(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
-    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+
+    /// A key, told apart without copying it: is it one that names the model?
+    struct ModelKey;
+    impl<'de> DeserializeSeed<'de> for ModelKey {
+        type Value = bool;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl Visitor<'_> for ModelKey {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E>(self, k: &str) -> Result<bool, E> {
+            // `name` is the older spelling Ollama still accepts (`/api/show`).
+            Ok(k.eq_ignore_ascii_case("model") || k.eq_ignore_ascii_case("name"))
+        }
+    }
+
+    /// A model key's value: the name if it is a string; anything else is skipped.
+    struct ModelName;
+    impl<'de> Visitor<'de> for ModelName {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(Some(s.to_owned()))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for ModelName {
+        type Value = Option<String>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
     struct Models;
     impl<'de> Visitor<'de> for Models {
         type Value = Vec<String>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
             let mut found = Vec::new();
-            while let Some(k) = map.next_key::<String>()? {
-                // `name` is the older spelling Ollama still accepts (`/api/show`).
-                if k.eq_ignore_ascii_case("model") || k.eq_ignore_ascii_case("name") {
-                    if let serde_json::Value::String(m) = map.next_value()? {
-                        found.push(m);
-                    }
+            while let Some(is_model) = map.next_key_seed(ModelKey)? {
+                if is_model {
+                    found.extend(map.next_value_seed(ModelName)?);
                 } else {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -430,9 +527,9 @@ async fn forward_request(
     https: bool,
     req: Request<Incoming>,
     route: Route,
-    principal: Arc<Principal>,
-    slot: Option<limits::Slot>,
+    admitted: limits::Admitted,
 ) -> Response<Body> {
+    let principal = &admitted.principal;
     let max = state.config.max_body;
     let declared: Option<u64> = req
         .headers()
@@ -446,7 +543,7 @@ async fn forward_request(
         );
     }
     let (parts, incoming) = req.into_parts();
-    let filter = principal.limits.models.clone();
+    let filter = principal.limits.models.as_ref();
     let has_body = !matches!(parts.method, Method::GET | Method::HEAD) || declared.is_some();
     // The body is read whole only when it must be looked at (the model allow-list) or
     // its size is not declared; otherwise it streams through as it arrives.
@@ -460,8 +557,8 @@ async fn forward_request(
         if filter.is_some() && models.is_err() {
             return respond::error(StatusCode::BAD_REQUEST, "Request body is not valid JSON");
         }
-        let models = models.unwrap_or_default();
-        if let Some(f) = &filter
+        let mut models = models.unwrap_or_default();
+        if let Some(f) = filter
             && let Some(m) = models.iter().find(|m| !f.allows(m))
         {
             state
@@ -474,7 +571,7 @@ async fn forward_request(
                 &format!("Model {m:?} is not allowed for tier {:?}", principal.tier),
             );
         }
-        (respond::full(bytes), models.last().cloned())
+        (respond::full(bytes), models.pop())
     } else {
         (incoming.map_err(Into::into).boxed(), None)
     };
@@ -484,28 +581,22 @@ async fn forward_request(
         .iter()
         .any(|n| n.contains(&peer));
     let (index, upstream) = state.upstream();
-    let up_req = match forward::upstream_request(upstream, &parts, body, peer, peer_trusted, https)
-    {
-        Ok(r) => r,
-        Err(_) => return respond::error(StatusCode::BAD_REQUEST, "Bad request"),
-    };
+    let up_req = forward::upstream_request(upstream, parts, body, peer, peer_trusted, https);
     let (resp, lease) = match forward::send(state, index, upstream, up_req).await {
         Ok(sent) => sent,
         Err(r) => return r,
     };
     let (mut head, upstream_body) = resp.into_parts();
     forward::strip_response_headers(&mut head.headers);
+    let filtered = route == Route::Models && head.status.is_success() && filter.is_some();
     let accounting = Accounting {
         state: state.clone(),
-        principal: principal.clone(),
+        admitted,
         model,
-        slot,
         lease: Some(lease),
     };
-    if route == Route::Models && head.status.is_success() {
-        if let Some(f) = filter {
-            return filtered_models(head, upstream_body, &f, accounting, state).await;
-        }
+    if filtered {
+        return filtered_models(head, upstream_body, accounting, state).await;
     }
     let scan = head.status.is_success() && route == Route::Proxy;
     let body = Tapped::new(upstream_body, scan, state.config.idle_timeout, accounting);
@@ -516,10 +607,13 @@ async fn forward_request(
 async fn filtered_models(
     mut head: hyper::http::response::Parts,
     body: Incoming,
-    filter: &crate::auth::verifier::ModelFilter,
     accounting: Accounting,
     state: &Arc<State>,
 ) -> Response<Body> {
+    let principal = accounting.admitted.principal.clone();
+    let Some(filter) = principal.limits.models.as_ref() else {
+        return respond::error(StatusCode::BAD_GATEWAY, "Upstream unavailable");
+    };
     let tapped = Tapped::new(body, false, state.config.idle_timeout, accounting);
     let bytes = match Limited::new(tapped, MAX_LIST_BODY).collect().await {
         Ok(c) => c.to_bytes(),
@@ -579,6 +673,37 @@ mod tests {
         );
         assert_eq!(classify(&Method::POST, "/api/chat"), Some(Route::Proxy));
         assert_eq!(classify(&Method::GET, "/admin/keys"), Some(Route::Admin));
+    }
+
+    /// The one-pass check agrees with the plain statement of the rule on every path
+    /// of up to five characters drawn from the ones that matter.
+    #[test]
+    fn plain_path_matches_the_rule() {
+        fn rule(p: &str) -> bool {
+            let escaped = p.as_bytes().windows(3).any(|w| {
+                w[0] == b'%'
+                    && [&b"2e"[..], b"2f", b"5c"]
+                        .iter()
+                        .any(|e| w[1..].eq_ignore_ascii_case(e))
+            });
+            p.starts_with('/')
+                && !p.contains("//")
+                && !p.contains('\\')
+                && !p.split('/').any(|seg| seg == "." || seg == "..")
+                && !escaped
+        }
+        let alphabet = ['/', '.', '%', '2', 'e', 'F', '5', 'c', '\\', 'a'];
+        let mut paths = vec![String::new()];
+        for _ in 0..5 {
+            let longer: Vec<String> = paths
+                .iter()
+                .flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}")))
+                .collect();
+            for p in &longer {
+                assert_eq!(plain_path(p.as_bytes()), rule(p), "{p:?}");
+            }
+            paths = longer;
+        }
     }
 
     /// Found by `fuzz/` (credential_header): Ollama routes on the percent-decoded path,

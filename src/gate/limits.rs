@@ -2,8 +2,8 @@
 //! window, requests in flight, and tokens per UTC day. All in memory, in the
 //! principal's [`LimitState`], which survives cache refreshes.
 
-use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::auth::verifier::{LimitState, Principal};
@@ -55,15 +55,21 @@ impl Rejection {
     }
 }
 
-/// A request slot; dropping it (the response ended or the client left) frees it.
+/// An admitted request's caller, holding a concurrency slot when its limits count
+/// requests in flight; dropping it (the response ended or the client left) frees the
+/// slot. It owns the caller rather than sharing it, so admitting a request touches the
+/// caller's reference count, which every worker shares, no more than it must.
 #[derive(Debug)]
-pub struct Slot {
-    state: std::sync::Arc<LimitState>,
+pub struct Admitted {
+    pub principal: Arc<Principal>,
+    slot: bool,
 }
 
-impl Drop for Slot {
+impl Drop for Admitted {
     fn drop(&mut self) {
-        self.state.inflight.fetch_sub(1, Ordering::AcqRel);
+        if self.slot {
+            self.principal.state.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -72,37 +78,41 @@ fn millis() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// Admits a request under `p`'s limits, or says why not. The token quota is checked
-/// first (it has no side effect), then a concurrency slot is taken, then the request is
-/// counted against the rate.
-pub fn admit(p: &Principal) -> Result<Option<Slot>, Rejection> {
-    let s = &p.state;
-    if let Some(limit) = p.limits.tokens_per_day {
+/// Admits a request under `principal`'s limits, or says why not. The token quota is
+/// checked first (it has no side effect), then a concurrency slot is taken, then the
+/// request is counted against the rate.
+pub fn admit(principal: Arc<Principal>) -> Result<Admitted, Rejection> {
+    if let Some(limit) = principal.limits.tokens_per_day {
         let today = now().div_euclid(DAY);
-        let mut t = s.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        if t.0 != today {
-            *t = (today, 0);
-        }
-        if t.1 >= limit {
+        if principal.state.tokens_on(today) >= limit {
             let retry_after = ((today + 1) * DAY - now()).max(1) as u64;
             return Err(Rejection::Tokens { retry_after, limit });
         }
     }
-    let slot = match p.limits.concurrency {
-        Some(limit) => {
-            let before = s.inflight.fetch_add(1, Ordering::AcqRel);
-            let slot = Slot { state: s.clone() };
-            if before >= limit {
-                return Err(Rejection::Concurrency { limit });
-            }
-            Some(slot)
-        }
-        None => None,
+    let mut admitted = Admitted {
+        principal,
+        slot: false,
     };
-    if let Some(limit) = p.limits.rpm {
-        rate(s, limit, millis())?;
+    let (concurrency, rpm) = {
+        let l = &admitted.principal.limits;
+        (l.concurrency, l.rpm)
+    };
+    if let Some(limit) = concurrency {
+        let before = admitted
+            .principal
+            .state
+            .inflight
+            .fetch_add(1, Ordering::AcqRel);
+        // Taken even when refused: dropping `admitted` gives it back.
+        admitted.slot = true;
+        if before >= limit {
+            return Err(Rejection::Concurrency { limit });
+        }
     }
-    Ok(slot)
+    if let Some(limit) = rpm {
+        rate(&admitted.principal.state, limit, millis())?;
+    }
+    Ok(admitted)
 }
 
 /// Sliding-window counter: the previous minute's count weighted by how much of it the
@@ -140,12 +150,7 @@ fn rate(s: &LimitState, limit: u32, now_ms: u64) -> Result<(), Rejection> {
 
 /// Adds the tokens of a finished response to `p`'s daily count.
 pub fn add_tokens(state: &LimitState, tokens: u64) {
-    let today = now().div_euclid(DAY);
-    let mut t = state.tokens.lock().unwrap_or_else(|e| e.into_inner());
-    if t.0 != today {
-        *t = (today, 0);
-    }
-    t.1 += tokens;
+    state.add_tokens(now().div_euclid(DAY), tokens);
 }
 
 #[cfg(test)]
@@ -170,6 +175,33 @@ mod tests {
             }
         }
         assert_eq!(ok, 5);
+    }
+
+    #[test]
+    fn the_token_count_is_per_day_and_survives_races() {
+        let s = std::sync::Arc::new(LimitState::with_tokens(20_000, 40));
+        assert_eq!(s.tokens_on(20_000), 40);
+        assert_eq!(s.tokens_on(20_001), 0, "a new day starts at 0");
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        s.add_tokens(20_000, 3);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(s.tokens_on(20_000), 40 + 4 * 10_000 * 3);
+        s.add_tokens(20_001, 5);
+        assert_eq!(s.tokens_on(20_001), 5);
+        assert_eq!(s.tokens_on(20_000), 0);
+        // Counts stop at 2^44 - 1 rather than spill into the day.
+        s.add_tokens(20_001, u64::MAX);
+        assert_eq!(s.tokens_on(20_001), (1 << 44) - 1);
     }
 
     #[test]

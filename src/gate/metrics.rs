@@ -1,6 +1,8 @@
 //! Prometheus metrics, served on their own address (`--metrics-listen`), never on the
 //! public port.
 
+use std::sync::Mutex;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -103,6 +105,51 @@ impl Default for Metrics {
             streams,
             tokens,
             audit_dropped,
+        }
+    }
+}
+
+/// One worker's handles on the shared counters, each looked up in its `Family` once:
+/// a lookup hashes the labels and takes a read lock that every worker shares, and the
+/// token labels need the tier's name copied. Label sets are few (routes and statuses,
+/// tiers), so the maps stay small.
+#[derive(Default)]
+pub struct Handles {
+    requests: Mutex<foldhash::HashMap<(&'static str, u16), Counter>>,
+    tokens: Mutex<foldhash::HashMap<String, [Counter; 2]>>,
+}
+
+impl Handles {
+    /// Counts a request answered with `status` on `route`.
+    pub fn request(&self, m: &Metrics, route: &'static str, status: u16) {
+        let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((route, status))
+            .or_insert_with(|| {
+                m.requests
+                    .get_or_create(&RequestLabels { route, status })
+                    .clone()
+            })
+            .inc();
+    }
+
+    /// Counts the prompt and completion tokens of a caller of `tier`.
+    pub fn tokens(&self, m: &Metrics, tier: &str, prompt: u64, completion: u64) {
+        let mut map = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if !map.contains_key(tier) {
+            let counter = |kind| {
+                m.tokens
+                    .get_or_create(&TokenLabels {
+                        tier: tier.to_string(),
+                        kind,
+                    })
+                    .clone()
+            };
+            let counters = [counter("prompt"), counter("completion")];
+            map.insert(tier.to_string(), counters);
+        }
+        if let Some([p, c]) = map.get(tier) {
+            p.inc_by(prompt);
+            c.inc_by(completion);
         }
     }
 }

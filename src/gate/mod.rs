@@ -109,6 +109,8 @@ pub struct State {
     pub verifier: Arc<Verifier>,
     pub recorder: Arc<recorder::Recorder>,
     pub metrics: Arc<metrics::Metrics>,
+    /// This worker's handles on the shared counters.
+    pub counters: metrics::Handles,
     pub pool: pool::Pool,
     pub login: Arc<login::LoginGuard>,
     next_upstream: AtomicUsize,
@@ -132,6 +134,7 @@ impl State {
             verifier: shared.verifier.clone(),
             recorder: shared.recorder.clone(),
             metrics: shared.metrics.clone(),
+            counters: metrics::Handles::default(),
             pool,
             login: shared.login.clone(),
             next_upstream: AtomicUsize::new(0),

@@ -98,7 +98,8 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect(up).await?;
+        // Boxed: connecting is rare, and its future would make every request's bigger.
+        let mut sender = Box::pin(self.connect(up)).await?;
         match sender.send_request(req).await {
             Ok(resp) => Ok((resp, Lease { sender, idle })),
             Err(e) => Err(UpstreamError::Unavailable(e.to_string())),
@@ -132,7 +133,10 @@ impl Pool {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        // One buffer, one write(2), as on the client side (see `server::run`).
+        let (sender, conn) = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
         tokio::spawn(async move {

@@ -5,7 +5,6 @@
 //! `last_used_at` and audit entries, in one transaction. The request path never waits
 //! for SQLite and never writes per request.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -28,10 +27,23 @@ const AUDIT_QUEUE: usize = 4096;
 /// Usage rows and `last_used_at` values taken for one flush.
 type Batch = (Vec<(UsageKey, Counts)>, Vec<(i64, i64)>);
 
+/// Usage by (day, key id), then user, then model: nested so that a request whose row
+/// already exists is counted without allocating its key. Hashed with foldhash, seeded
+/// per process (a model name comes from the caller, so not a fixed hash either).
+type UsageMap =
+    foldhash::HashMap<(i64, i64), foldhash::HashMap<String, foldhash::HashMap<String, Counts>>>;
+
+/// Recorded and not yet written.
+#[derive(Default)]
+struct Pending {
+    usage: UsageMap,
+    /// `last_used_at` by key id.
+    last_used: foldhash::HashMap<i64, i64>,
+}
+
 /// What the request path records, in memory.
 pub struct Recorder {
-    usage: Mutex<HashMap<UsageKey, Counts>>,
-    last_used: Mutex<HashMap<i64, i64>>,
+    pending: Mutex<Pending>,
     audit_tx: SyncSender<audit::Entry>,
     audit_rx: Mutex<Option<Receiver<audit::Entry>>>,
 }
@@ -46,8 +58,7 @@ impl Default for Recorder {
     fn default() -> Self {
         let (audit_tx, audit_rx) = sync_channel(AUDIT_QUEUE);
         Recorder {
-            usage: Mutex::default(),
-            last_used: Mutex::default(),
+            pending: Mutex::default(),
             audit_tx,
             audit_rx: Mutex::new(Some(audit_rx)),
         }
@@ -58,24 +69,21 @@ impl Recorder {
     /// Adds one finished request.
     pub fn record(&self, key_id: Option<i64>, user: Option<&str>, model: &str, counts: Counts) {
         let now = now();
-        let k = UsageKey {
-            day: now.div_euclid(usage::DAY),
-            key_id: key_id.unwrap_or(0),
-            user: user.unwrap_or("").to_string(),
-            model: model.to_string(),
-        };
-        self.usage
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(k)
-            .or_default()
-            .add(counts);
+        let mut pending = self.lock();
+        add(
+            &mut pending.usage,
+            (now.div_euclid(usage::DAY), key_id.unwrap_or(0)),
+            user.unwrap_or(""),
+            model,
+            counts,
+        );
         if let Some(id) = key_id {
-            self.last_used
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, now);
+            pending.last_used.insert(id, now);
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues an audit entry; returns false when the queue is full and it was dropped.
@@ -84,21 +92,46 @@ impl Recorder {
     }
 
     fn take(&self) -> Batch {
-        let usage = std::mem::take(&mut *self.usage.lock().unwrap_or_else(|e| e.into_inner()));
-        let used = std::mem::take(&mut *self.last_used.lock().unwrap_or_else(|e| e.into_inner()));
-        (usage.into_iter().collect(), used.into_iter().collect())
+        let Pending { usage, last_used } = std::mem::take(&mut *self.lock());
+        let mut rows = Vec::new();
+        for ((day, key_id), users) in usage {
+            for (user, models) in users {
+                for (model, counts) in models {
+                    let key = UsageKey {
+                        day,
+                        key_id,
+                        user: user.clone(),
+                        model,
+                    };
+                    rows.push((key, counts));
+                }
+            }
+        }
+        (rows, last_used.into_iter().collect())
     }
 
     fn put_back(&self, usage_rows: Vec<(UsageKey, Counts)>, used: Vec<(i64, i64)>) {
-        let mut u = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.lock();
         for (k, c) in usage_rows {
-            u.entry(k).or_default().add(c);
+            add(&mut pending.usage, (k.day, k.key_id), &k.user, &k.model, c);
         }
-        drop(u);
-        let mut l = self.last_used.lock().unwrap_or_else(|e| e.into_inner());
         for (id, at) in used {
-            let e = l.entry(id).or_insert(at);
+            let e = pending.last_used.entry(id).or_insert(at);
             *e = (*e).max(at);
+        }
+    }
+}
+
+fn add(usage: &mut UsageMap, day_key: (i64, i64), user: &str, model: &str, counts: Counts) {
+    let users = usage.entry(day_key).or_default();
+    let models = match users.get_mut(user) {
+        Some(m) => m,
+        None => users.entry(user.to_string()).or_default(),
+    };
+    match models.get_mut(model) {
+        Some(c) => c.add(counts),
+        None => {
+            models.insert(model.to_string(), counts);
         }
     }
 }
@@ -218,5 +251,67 @@ fn flush(store: &mut Store, recorder: &Recorder, pending_audit: &mut Vec<audit::
             );
             recorder.put_back(usage_rows, used);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(requests: u64) -> Counts {
+        Counts {
+            requests,
+            prompt_tokens: 2 * requests,
+            completion_tokens: 3 * requests,
+        }
+    }
+
+    /// The rows of a batch in key order, as (key id, user, model, counts).
+    fn rows(batch: &Batch) -> Vec<(i64, String, String, Counts)> {
+        let mut rows: Vec<_> = batch
+            .0
+            .iter()
+            .map(|(k, c)| (k.key_id, k.user.clone(), k.model.clone(), *c))
+            .collect();
+        rows.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
+        rows
+    }
+
+    fn row(id: i64, user: &str, model: &str, n: u64) -> (i64, String, String, Counts) {
+        (id, user.to_string(), model.to_string(), counts(n))
+    }
+
+    #[test]
+    fn requests_add_up_per_row_and_a_failed_flush_loses_nothing() {
+        let r = Recorder::default();
+        r.record(Some(7), None, "llama3:latest", counts(1));
+        r.record(Some(7), None, "llama3:latest", counts(1));
+        r.record(Some(7), None, "qwen:latest", counts(1));
+        r.record(None, Some("ana"), "llama3:latest", counts(1));
+        let batch = r.take();
+        assert_eq!(
+            rows(&batch),
+            [
+                row(0, "ana", "llama3:latest", 1),
+                row(7, "", "llama3:latest", 2),
+                row(7, "", "qwen:latest", 1),
+            ]
+        );
+        assert_eq!(batch.1.iter().map(|u| u.0).collect::<Vec<_>>(), [7]);
+        assert!(r.take().0.is_empty(), "taken rows are gone");
+
+        // The write failed: the rows go back, and later requests add to them.
+        r.put_back(batch.0, batch.1);
+        r.record(Some(7), None, "llama3:latest", counts(1));
+        let batch = r.take();
+        assert_eq!(
+            rows(&batch),
+            [
+                row(0, "ana", "llama3:latest", 1),
+                row(7, "", "llama3:latest", 3),
+                row(7, "", "qwen:latest", 1),
+            ]
+        );
+        assert_eq!(batch.1.len(), 1);
     }
 }

@@ -23,6 +23,10 @@ const MAX_MODEL: usize = 200;
 /// The searched keys, compiled once: building a `Finder` costs more than searching a
 /// small chunk with it, and every response is scanned.
 struct Patterns {
+    /// In both of Ollama's keys: where it is absent, neither is searched for.
+    ollama_any: Finder<'static>,
+    /// In both of OpenAI's keys.
+    openai_any: Finder<'static>,
     prompt_eval_count: Finder<'static>,
     eval_count: Finder<'static>,
     prompt_tokens: Finder<'static>,
@@ -31,6 +35,8 @@ struct Patterns {
 }
 
 static PATTERNS: LazyLock<Patterns> = LazyLock::new(|| Patterns {
+    ollama_any: Finder::new(b"eval_count\":"),
+    openai_any: Finder::new(b"_tokens\":"),
     prompt_eval_count: Finder::new(b"\"prompt_eval_count\":"),
     eval_count: Finder::new(b"\"eval_count\":"),
     prompt_tokens: Finder::new(b"\"prompt_tokens\":"),
@@ -60,6 +66,20 @@ pub struct Scanner {
 impl Scanner {
     /// Feeds the next chunk.
     pub fn feed(&mut self, chunk: &[u8]) {
+        self.feed_last(chunk);
+        if chunk.len() >= CARRY {
+            self.carry.clear();
+            self.carry.extend_from_slice(&chunk[chunk.len() - CARRY..]);
+        } else {
+            self.carry.extend_from_slice(chunk);
+            let excess = self.carry.len().saturating_sub(CARRY);
+            self.carry.drain(..excess);
+        }
+    }
+
+    /// Feeds the chunk that ends the response: nothing is kept for a next one (most
+    /// answers that are not streamed come in one chunk).
+    pub fn feed_last(&mut self, chunk: &[u8]) {
         if !self.carry.is_empty() {
             // Fields cut by the chunk boundary: scan the stream's last bytes joined to
             // the head of this chunk. Fields found whole in either part are found again
@@ -72,19 +92,11 @@ impl Scanner {
             self.carry = joined;
         }
         self.scan(chunk);
-        if chunk.len() >= CARRY {
-            self.carry.clear();
-            self.carry.extend_from_slice(&chunk[chunk.len() - CARRY..]);
-        } else {
-            self.carry.extend_from_slice(chunk);
-            let excess = self.carry.len().saturating_sub(CARRY);
-            self.carry.drain(..excess);
-        }
     }
 
     /// What was seen, once the response has ended. Ollama's counts win over OpenAI's
     /// when both appear; a missing count is 0.
-    pub fn finish(&self) -> Seen {
+    pub fn finish(self) -> Seen {
         let (p, c) = if self.ollama_prompt.is_some() || self.ollama_eval.is_some() {
             (self.ollama_prompt, self.ollama_eval)
         } else {
@@ -93,7 +105,7 @@ impl Scanner {
         Seen {
             prompt_tokens: p.unwrap_or(0),
             completion_tokens: c.unwrap_or(0),
-            model: self.model.clone(),
+            model: self.model,
         }
     }
 
@@ -103,17 +115,22 @@ impl Scanner {
             return;
         }
         let p = &*PATTERNS;
-        if let Some(v) = last_number(buf, &p.prompt_eval_count) {
-            self.ollama_prompt = Some(v);
+        // Most chunks of a stream carry no count at all: one search rules out a pair.
+        if p.ollama_any.find(buf).is_some() {
+            if let Some(v) = last_number(buf, &p.prompt_eval_count) {
+                self.ollama_prompt = Some(v);
+            }
+            if let Some(v) = last_number(buf, &p.eval_count) {
+                self.ollama_eval = Some(v);
+            }
         }
-        if let Some(v) = last_number(buf, &p.eval_count) {
-            self.ollama_eval = Some(v);
-        }
-        if let Some(v) = last_number(buf, &p.prompt_tokens) {
-            self.openai_prompt = Some(v);
-        }
-        if let Some(v) = last_number(buf, &p.completion_tokens) {
-            self.openai_completion = Some(v);
+        if p.openai_any.find(buf).is_some() {
+            if let Some(v) = last_number(buf, &p.prompt_tokens) {
+                self.openai_prompt = Some(v);
+            }
+            if let Some(v) = last_number(buf, &p.completion_tokens) {
+                self.openai_completion = Some(v);
+            }
         }
         if self.model.is_none()
             && let Some(m) = first_string(buf, &p.model)
@@ -265,7 +282,7 @@ mod tests {
         for cut in 0..=s.len() {
             let mut sc = Scanner::default();
             sc.feed(&s.as_bytes()[..cut]);
-            sc.feed(&s.as_bytes()[cut..]);
+            sc.feed_last(&s.as_bytes()[cut..]);
             let seen = sc.finish();
             assert_eq!(
                 seen.model.as_deref(),

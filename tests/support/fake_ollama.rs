@@ -89,6 +89,9 @@ pub struct Recorded {
     pub method: String,
     /// Path and query exactly as sent on the wire.
     pub path_and_query: String,
+    /// The request target as sent: `/path?query` in origin form, or the whole URL when
+    /// a client sent it in absolute form (as to a proxy).
+    pub target: String,
     /// Headers in arrival order (repeats of a name grouped), names lower-cased, values lossily decoded.
     pub headers: Vec<(String, String)>,
     /// The full request body.
@@ -267,6 +270,7 @@ async fn handle(
     lock(&shared.requests).push(Recorded {
         method: parts.method.to_string(),
         path_and_query: path_and_query.clone(),
+        target: parts.uri.to_string(),
         headers: headers.clone(),
         body: body.to_vec(),
     });
