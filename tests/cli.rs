@@ -790,23 +790,7 @@ fn key_create_with_limits_and_key_set() {
     ]);
     let conn = env.conn();
     let limits = |conn: &Connection| {
-        let c: KeyColumns = conn
-            .query_row(
-                "SELECT rpm, concurrency, tokens_per_day, models, user_id, rotated_from
-                 FROM api_keys WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                },
-            )
-            .expect("limits");
+        let c = key_columns(conn, id);
         (c.0, c.1, c.2, c.3)
     };
     assert_eq!(
@@ -936,6 +920,25 @@ type KeyColumns = (
     Option<i64>,
 );
 
+fn key_columns(conn: &Connection, id: i64) -> KeyColumns {
+    conn.query_row(
+        "SELECT rpm, concurrency, tokens_per_day, models, user_id, rotated_from
+         FROM api_keys WHERE id = ?1",
+        [id],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        },
+    )
+    .expect("key row")
+}
+
 #[test]
 fn rotation_keeps_the_old_key_until_the_grace_and_copies_everything() {
     let env = Env::init();
@@ -982,24 +985,7 @@ fn rotation_keeps_the_old_key_until_the_grace_and_copies_everything() {
     assert_near(secs(&old["expires_at"]), t0 + 2 * 86_400);
 
     let conn = env.conn();
-    let copied = |id: i64| -> KeyColumns {
-        conn.query_row(
-            "SELECT rpm, concurrency, tokens_per_day, models, user_id, rotated_from
-             FROM api_keys WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            },
-        )
-        .expect("row")
-    };
+    let copied = |id: i64| key_columns(&conn, id);
     assert_eq!(
         copied(2),
         (

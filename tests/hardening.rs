@@ -176,6 +176,20 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
 }
 
 /// The status codes of the responses on the wire, in order.
+/// Sends each request on its own connection: hyper answers what it cannot parse with
+/// a bare 400, or closes.
+async fn assert_unparsable_refused(addr: SocketAddr, cases: &[(&str, Vec<u8>)]) {
+    for (what, req) in cases {
+        let wire = raw(addr, req).await;
+        let st = statuses(&wire);
+        assert!(
+            st.is_empty() || st == [400],
+            "{what}: {st:?} {:?}",
+            String::from_utf8_lossy(&wire)
+        );
+    }
+}
+
 fn statuses(wire: &[u8]) -> Vec<u16> {
     let text = String::from_utf8_lossy(wire);
     text.match_indices("HTTP/1.1 ")
@@ -334,16 +348,7 @@ async fn malformed_request_lines_are_refused_and_reach_nothing() {
             b"GET /api/tags HTTP/1.1\rX-API-Key: x\r\n\r\n".to_vec(),
         ),
     ];
-    for (what, req) in &cases {
-        let wire = raw(gate.addr, req).await;
-        let st = statuses(&wire);
-        // hyper answers what it cannot parse with a bare 400 (or closes).
-        assert!(
-            st.is_empty() || st == [400],
-            "{what}: {st:?} {:?}",
-            String::from_utf8_lossy(&wire)
-        );
-    }
+    assert_unparsable_refused(gate.addr, &cases).await;
 
     // Parsable but not a path any Ollama client sends, even with a valid key.
     for (what, line) in [
@@ -532,15 +537,7 @@ async fn bad_content_length_and_smuggling_never_desync_the_upstream() {
             ),
         ),
     ];
-    for (what, req) in &refused {
-        let wire = raw(gate.addr, req).await;
-        let st = statuses(&wire);
-        assert!(
-            st.is_empty() || st == [400],
-            "{what}: {st:?} {:?}",
-            String::from_utf8_lossy(&wire)
-        );
-    }
+    assert_unparsable_refused(gate.addr, &refused).await;
     assert!(
         fake.requests().is_empty(),
         "a refused request reached the upstream: {:?}",
