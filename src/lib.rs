@@ -8,3 +8,4 @@ pub mod cmd;
 pub mod gate;
 pub mod output;
 pub mod store;
+pub mod units;

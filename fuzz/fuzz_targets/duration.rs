@@ -1,4 +1,4 @@
-//! The CLI's value parsers (`aigate::cli::parse_duration`, `aigate::cli::parse_size`).
+//! The CLI's value parsers (`aigate::units::parse_duration`, `aigate::units::parse_size`).
 //!
 //! - Neither panics on any text.
 //! - Every accepted duration is safe to use the way aigate uses one: as whole seconds
@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use aigate::cli::{MAX_DURATION, parse_duration, parse_size};
+use aigate::units::{MAX_DURATION, parse_duration, parse_size};
 use libfuzzer_sys::fuzz_target;
 
 const DURATION_UNITS: &[(&str, u64)] = &[

@@ -124,7 +124,7 @@ async fn json_body<T: for<'de> Deserialize<'de> + Default>(
 fn duration(s: Option<&str>, default: i64) -> Result<i64, StoreError> {
     match s {
         None => Ok(default),
-        Some(s) => crate::cli::parse_duration(s)
+        Some(s) => crate::units::parse_duration(s)
             .map(|d| d.as_secs() as i64)
             .map_err(StoreError::Invalid),
     }
