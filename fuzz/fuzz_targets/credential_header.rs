@@ -1,4 +1,4 @@
-//! Header and path handling of the gate (`aigate::gate::handler`, `aigate::gate::forward`).
+//! Header and path handling of the gate (`aigate::gate::route`, `aigate::gate::authn`, `aigate::gate::headers`).
 //!
 //! Fuzzer-chosen header names and raw value bytes go into a `HeaderMap` (what hyper
 //! would accept); a path is either raw bytes or a known route mangled by fuzzer-chosen
@@ -22,8 +22,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::OnceLock;
 
 use aigate::gate::Upstream;
-use aigate::gate::forward::{client_ip, upstream_headers};
-use aigate::gate::handler::{Route, classify, credential};
+use aigate::gate::headers::{client_ip, upstream_headers};
+use aigate::gate::authn::credential;
+use aigate::gate::route::{Route, classify};
 use hyper::Method;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;

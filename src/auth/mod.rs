@@ -1,7 +1,6 @@
-//! Credentials: the API key format, password hashing, JWTs, and the gate's verifier
-//! with its cache.
+//! Credentials as such: the API key format, password hashing and JWTs. No I/O and no
+//! knowledge of the gate or the database.
 
 pub mod jwt;
 pub mod key;
 pub mod password;
-pub mod verifier;

@@ -10,77 +10,117 @@ use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::auth::jwt::JwtKeys;
-use crate::auth::verifier::Verifier;
 use crate::cli::ServeArgs;
+use crate::gate::authn::Verifier;
 use crate::gate::recorder::{DbThread, Recorder};
 use crate::gate::{Config, Shared, State, Upstream, server};
 use crate::store::{OpenMode, users};
 
 /// Runs the gate until SIGTERM or SIGINT.
 pub fn run(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
-    let store = super::open(db, OpenMode::Create)?;
-    let has_users = users::count(store.conn())? > 0;
-    drop(store);
-    let jwt = if args.no_login {
-        None
-    } else {
-        match jwt_secret(&args)? {
-            Some(secret) => Some(JwtKeys::new(&secret)?),
-            None if has_users => anyhow::bail!(
-                "users exist but no JWT secret is configured: set AIGATE_JWT_SECRET or \
-                 --jwt-secret-file (at least 32 bytes), or pass --no-login to serve API keys only"
-            ),
-            None => None,
+    start(Plan::resolve(db, &args)?)
+}
+
+/// Everything `serve` was asked for, checked and resolved before anything starts.
+struct Plan {
+    config: Config,
+    jwt: Option<JwtKeys>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+    workers: usize,
+}
+
+impl Plan {
+    /// Resolves the options: the database (created when missing), the JWT secret, the
+    /// upstreams, TLS, the worker count.
+    fn resolve(db: &Path, args: &ServeArgs) -> anyhow::Result<Plan> {
+        let store = super::open(db, OpenMode::Create)?;
+        let has_users = users::count(store.conn())? > 0;
+        drop(store);
+        let jwt = if args.no_login {
+            None
+        } else {
+            match jwt_secret(args)? {
+                Some(secret) => Some(JwtKeys::new(&secret)?),
+                None if has_users => anyhow::bail!(
+                    "users exist but no JWT secret is configured: set AIGATE_JWT_SECRET or \
+                     --jwt-secret-file (at least 32 bytes), or pass --no-login to serve API keys only"
+                ),
+                None => None,
+            }
+        };
+        let upstreams = args
+            .upstream
+            .iter()
+            .map(|u| Upstream::parse(u))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if upstreams.is_empty() {
+            anyhow::bail!("no --upstream given");
         }
-    };
-    let upstreams = args
-        .upstream
-        .iter()
-        .map(|u| Upstream::parse(u))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if upstreams.is_empty() {
-        anyhow::bail!("no --upstream given");
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => Some(server::tls_acceptor(c, k)?),
+            _ => None,
+        };
+        let config = Config {
+            db: db.to_path_buf(),
+            upstreams,
+            token_ttl: args.token_ttl,
+            trusted_proxies: args.trusted_proxy.clone(),
+            max_body: args.max_body,
+            connect_timeout: args.connect_timeout,
+            response_timeout: args.response_timeout,
+            idle_timeout: args.idle_timeout,
+            header_timeout: args.header_timeout,
+            shutdown_timeout: args.shutdown_timeout,
+            cors_origins: args.cors_origin.clone(),
+        };
+        let workers = args.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            usize::from,
+        );
+        Ok(Plan {
+            config,
+            jwt,
+            tls,
+            listen: args.listen,
+            metrics_listen: args.metrics_listen,
+            workers,
+        })
     }
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => Some(server::tls_acceptor(c, k)?),
-        _ => None,
-    };
-    let config = Config {
-        db: db.to_path_buf(),
-        upstreams,
-        token_ttl: args.token_ttl,
-        trusted_proxies: args.trusted_proxy.clone(),
-        max_body: args.max_body,
-        connect_timeout: args.connect_timeout,
-        response_timeout: args.response_timeout,
-        idle_timeout: args.idle_timeout,
-        header_timeout: args.header_timeout,
-        shutdown_timeout: args.shutdown_timeout,
-        cors_origins: args.cors_origin.clone(),
-        login: jwt.is_some(),
-    };
-    let verifier = Arc::new(Verifier::new(db, jwt)?);
+}
+
+/// Starts the database thread, the workers and the metrics listener, and waits for
+/// SIGTERM or SIGINT.
+fn start(plan: Plan) -> anyhow::Result<()> {
+    let Plan {
+        config,
+        jwt,
+        tls,
+        listen,
+        metrics_listen,
+        workers,
+    } = plan;
+    let db = config.db.clone();
+    let login = jwt.is_some();
+    let verifier = Arc::new(Verifier::new(&db, jwt)?);
     let recorder = Arc::new(Recorder::default());
-    let db_thread = DbThread::spawn(db.to_path_buf(), verifier.clone(), recorder.clone())?;
+    let db_thread = DbThread::spawn(db.clone(), verifier.clone(), recorder.clone())?;
 
     let shared = Shared::new(verifier, recorder);
-    let workers = args.workers.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        usize::from,
-    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     // SO_REUSEPORT would let this gate silently share a port with another one already
     // running: make sure the port is free first.
-    if args.listen.port() != 0 {
+    if listen.port() != 0 {
         drop(
-            std::net::TcpListener::bind(args.listen)
-                .with_context(|| format!("listening on {}", args.listen))?,
+            std::net::TcpListener::bind(listen)
+                .with_context(|| format!("listening on {listen}"))?,
         );
     }
     // Worker 0 binds first, so that port 0 resolves to one port for all of them.
     let mut threads = Vec::with_capacity(workers);
-    let mut addr = args.listen;
+    let mut addr = listen;
     for n in 0..workers {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let worker = Worker {
@@ -100,7 +140,7 @@ pub fn run(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
             Ok(Ok(bound)) => addr = bound,
             Ok(Err(e)) => {
                 let _ = stop_tx.send(true);
-                return Err(e.context(format!("listening on {}", args.listen)));
+                return Err(e.context(format!("listening on {listen}")));
             }
             Err(_) => anyhow::bail!("worker {n} failed to start"),
         }
@@ -112,7 +152,7 @@ pub fn run(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
-        let metrics_listener = match args.metrics_listen {
+        let metrics_listener = match metrics_listen {
             Some(a) => Some(
                 TcpListener::bind(a)
                     .await
@@ -132,7 +172,7 @@ pub fn run(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(","),
             if tls.is_some() { "on" } else { "off" },
-            if config.login { "on" } else { "off" },
+            if login { "on" } else { "off" },
             metrics_listener
                 .as_ref()
                 .and_then(|l| l.local_addr().ok())
@@ -140,8 +180,7 @@ pub fn run(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
         );
         if let Some(ml) = metrics_listener {
             let mut rx = stop_rx.clone();
-            let state = Arc::new(State::new(config.clone(), &shared));
-            tokio::spawn(server::run_metrics(ml, state, async move {
+            tokio::spawn(server::run_metrics(ml, shared.metrics.clone(), async move {
                 let _ = rx.wait_for(|s| *s).await;
             }));
         }

@@ -10,11 +10,11 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
-use super::State;
-use super::handler::read_body;
+use super::authn::Principal;
+use super::error::GateError;
 use super::respond::{self, Body};
+use super::{State, body};
 use crate::auth::key;
-use crate::auth::verifier::Principal;
 use crate::store::keys::{self, NewKeyParams};
 use crate::store::{OpenMode, Store, StoreError, now};
 
@@ -48,45 +48,31 @@ pub async fn handle(
     who: &Principal,
     ip: IpAddr,
     req: Request<Incoming>,
-) -> Response<Body> {
+) -> Result<Response<Body>, GateError> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().clone();
     let segments: Vec<&str> = path.split('/').skip(2).collect(); // after "/admin"
-    let id_of = |s: &str| s.parse::<i64>().ok().filter(|id| *id > 0);
+    let id_of = |s: &str| {
+        s.parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| GateError::BadRequest("Key id must be a positive whole number".into()))
+    };
     let action = match (method.clone(), segments.as_slice()) {
         (Method::GET, ["keys"]) => Action::List {
             all: query.split('&').any(|p| p == "all=true" || p == "all=1"),
         },
-        (Method::POST, ["keys"]) => match json_body::<CreateKey>(req).await {
-            Ok(b) => Action::Create(b),
-            Err(r) => return r,
-        },
-        (Method::DELETE, ["keys", id]) => match id_of(id) {
-            Some(id) => Action::Revoke(id),
-            None => {
-                return respond::error(
-                    StatusCode::BAD_REQUEST,
-                    "Key id must be a positive whole number",
-                );
-            }
-        },
-        (Method::POST, ["keys", id, "rotate"]) => match id_of(id) {
-            Some(id) => match json_body::<Rotate>(req).await {
-                Ok(b) => Action::Rotate(id, b),
-                Err(r) => return r,
-            },
-            None => {
-                return respond::error(
-                    StatusCode::BAD_REQUEST,
-                    "Key id must be a positive whole number",
-                );
-            }
-        },
-        (_, ["keys"]) | (_, ["keys", _]) | (_, ["keys", _, "rotate"]) => {
-            return respond::error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+        (Method::POST, ["keys"]) => Action::Create(json_body::<CreateKey>(req).await?),
+        (Method::DELETE, ["keys", id]) => Action::Revoke(id_of(id)?),
+        (Method::POST, ["keys", id, "rotate"]) => {
+            let id = id_of(id)?;
+            Action::Rotate(id, json_body::<Rotate>(req).await?)
         }
-        _ => return respond::error(StatusCode::NOT_FOUND, "Not Found"),
+        (_, ["keys"]) | (_, ["keys", _]) | (_, ["keys", _, "rotate"]) => {
+            return Err(GateError::MethodNotAllowed(None));
+        }
+        _ => return Err(GateError::NotFound("Not Found".into())),
     };
     let db = state.config.db.clone();
     let by = format!(
@@ -97,28 +83,25 @@ pub async fn handle(
     );
     let result = tokio::task::spawn_blocking(move || run(&db, action, &by)).await;
     match result {
-        Ok(Ok(r)) => r,
-        Ok(Err(StoreError::NotFound(m))) => respond::error(StatusCode::NOT_FOUND, &m),
-        Ok(Err(StoreError::Invalid(m) | StoreError::Conflict(m))) => {
-            respond::error(StatusCode::BAD_REQUEST, &m)
-        }
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(StoreError::NotFound(m))) => Err(GateError::NotFound(m)),
+        Ok(Err(StoreError::Invalid(m) | StoreError::Conflict(m))) => Err(GateError::BadRequest(m)),
         Ok(Err(e)) => {
             tracing::error!("admin API: {e}");
-            respond::error(StatusCode::SERVICE_UNAVAILABLE, "Database unavailable")
+            Err(GateError::Unavailable("Database unavailable"))
         }
-        Err(_) => respond::error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
+        Err(_) => Err(GateError::Internal("Internal error")),
     }
 }
 
 async fn json_body<T: for<'de> Deserialize<'de> + Default>(
     req: Request<Incoming>,
-) -> Result<T, Response<Body>> {
-    let bytes = read_body(req.into_body(), 64 * 1024).await?;
+) -> Result<T, GateError> {
+    let bytes = body::read(req.into_body(), 64 * 1024).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| respond::error(StatusCode::BAD_REQUEST, &format!("Bad JSON body: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| GateError::BadRequest(format!("Bad JSON body: {e}")))
 }
 
 fn duration(s: Option<&str>, default: i64) -> Result<i64, StoreError> {

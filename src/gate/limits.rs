@@ -1,13 +1,27 @@
-//! Per-key (or per-user, for JWT callers) limits: requests per minute as a sliding
-//! window, requests in flight, and tokens per UTC day. All in memory, in the
-//! principal's [`LimitState`], which survives cache refreshes.
+//! A caller's limits: requests per minute as a sliding window, requests in flight, and
+//! tokens per UTC day. All in memory, in a [`LimitState`] that outlives cache refreshes.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use crate::auth::verifier::{LimitState, Principal};
 use crate::store::{now, usage::DAY};
+
+/// The limits that apply to a caller (`None`: unlimited).
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    pub rpm: Option<u32>,
+    pub concurrency: Option<u32>,
+    pub tokens_per_day: Option<u64>,
+}
+
+/// A caller with limits and the counters they are checked against.
+pub trait Budgeted {
+    /// The limits that apply.
+    fn limits(&self) -> &Limits;
+    /// The counters, shared by every credential of one budget.
+    fn counters(&self) -> &LimitState;
+}
 
 const WINDOW_MS: u64 = 60_000;
 
@@ -60,15 +74,25 @@ impl Rejection {
 /// slot. It owns the caller rather than sharing it, so admitting a request touches the
 /// caller's reference count, which every worker shares, no more than it must.
 #[derive(Debug)]
-pub struct Admitted {
-    pub principal: Arc<Principal>,
+pub struct Admitted<P: Budgeted> {
+    caller: Arc<P>,
     slot: bool,
 }
 
-impl Drop for Admitted {
+impl<P: Budgeted> Admitted<P> {
+    /// The caller.
+    pub fn caller(&self) -> &Arc<P> {
+        &self.caller
+    }
+}
+
+impl<P: Budgeted> Drop for Admitted<P> {
     fn drop(&mut self) {
         if self.slot {
-            self.principal.state.inflight.fetch_sub(1, Ordering::AcqRel);
+            self.caller
+                .counters()
+                .inflight
+                .fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -78,29 +102,29 @@ fn millis() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// Admits a request under `principal`'s limits, or says why not. The token quota is
+/// Admits a request under `caller`'s limits, or says why not. The token quota is
 /// checked first (it has no side effect), then a concurrency slot is taken, then the
 /// request is counted against the rate.
-pub fn admit(principal: Arc<Principal>) -> Result<Admitted, Rejection> {
-    if let Some(limit) = principal.limits.tokens_per_day {
+pub fn admit<P: Budgeted>(caller: Arc<P>) -> Result<Admitted<P>, Rejection> {
+    if let Some(limit) = caller.limits().tokens_per_day {
         let today = now().div_euclid(DAY);
-        if principal.state.tokens_on(today) >= limit {
+        if caller.counters().tokens_on(today) >= limit {
             let retry_after = ((today + 1) * DAY - now()).max(1) as u64;
             return Err(Rejection::Tokens { retry_after, limit });
         }
     }
     let mut admitted = Admitted {
-        principal,
+        caller,
         slot: false,
     };
     let (concurrency, rpm) = {
-        let l = &admitted.principal.limits;
+        let l = admitted.caller.limits();
         (l.concurrency, l.rpm)
     };
     if let Some(limit) = concurrency {
         let before = admitted
-            .principal
-            .state
+            .caller
+            .counters()
             .inflight
             .fetch_add(1, Ordering::AcqRel);
         // Taken even when refused: dropping `admitted` gives it back.
@@ -110,7 +134,7 @@ pub fn admit(principal: Arc<Principal>) -> Result<Admitted, Rejection> {
         }
     }
     if let Some(limit) = rpm {
-        rate(&admitted.principal.state, limit, millis())?;
+        rate(admitted.caller.counters(), limit, millis())?;
     }
     Ok(admitted)
 }
@@ -148,9 +172,66 @@ fn rate(s: &LimitState, limit: u32, now_ms: u64) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// Adds the tokens of a finished response to `p`'s daily count.
+/// Adds the tokens of a finished response to `state`'s daily count.
 pub fn add_tokens(state: &LimitState, tokens: u64) {
     state.add_tokens(now().div_euclid(DAY), tokens);
+}
+
+/// The live counters of one budget (a user, or a key without a user).
+#[derive(Debug, Default)]
+pub struct LimitState {
+    /// Requests in flight.
+    pub inflight: std::sync::atomic::AtomicU32,
+    /// Sliding-window request counter: (the current minute's index, counted from the
+    /// gate's start; requests in it; requests in the minute before).
+    pub window: Mutex<(u64, u32, u32)>,
+    /// Tokens used today: the UTC day in the top 20 bits, the count in the low 44, in
+    /// one word, so that a request reads it with a load and adds to it with one
+    /// compare-and-swap (no lock shared by the workers). Seeded from the usage table on
+    /// first sight.
+    tokens: std::sync::atomic::AtomicU64,
+}
+
+const TOKEN_BITS: u32 = 44;
+const TOKEN_MAX: u64 = (1 << TOKEN_BITS) - 1;
+
+fn pack_tokens(day: i64, used: u64) -> u64 {
+    ((day as u64) << TOKEN_BITS) | used.min(TOKEN_MAX)
+}
+
+impl LimitState {
+    /// A state whose count for `day` starts at `used`.
+    pub fn with_tokens(day: i64, used: u64) -> LimitState {
+        LimitState {
+            tokens: pack_tokens(day, used).into(),
+            ..LimitState::default()
+        }
+    }
+
+    /// Tokens used on `day` (0 once the stored day is another). Counts stop at 2^44.
+    pub fn tokens_on(&self, day: i64) -> u64 {
+        let t = self.tokens.load(Ordering::Acquire);
+        if t >> TOKEN_BITS == pack_tokens(day, 0) >> TOKEN_BITS {
+            t & TOKEN_MAX
+        } else {
+            0
+        }
+    }
+
+    /// Adds `n` tokens to `day`'s count, starting it over when the day changed.
+    pub fn add_tokens(&self, day: i64, n: u64) {
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                let base = pack_tokens(day, 0);
+                let used = if t >> TOKEN_BITS == base >> TOKEN_BITS {
+                    t & TOKEN_MAX
+                } else {
+                    0
+                };
+                Some(pack_tokens(day, used.saturating_add(n)))
+            });
+    }
 }
 
 #[cfg(test)]

@@ -1,66 +1,24 @@
-//! `POST /auth/login`: a password for a JWT. At most 5 attempts per minute per client
-//! address, and at most 10 failures per 15 minutes per account; an unknown user and a
-//! wrong password get the same answer after the same argon2 work.
+//! `POST /auth/login`: a password for a JWT, within the [`throttle`](super::throttle)'s
+//! limits; an unknown user and a wrong password get the same answer after the same
+//! argon2 work.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
-use super::State;
-use super::handler::{read_body, record_auth_failure};
+use super::error::GateError;
 use super::respond::{self, Body};
+use super::{State, body, failure};
 use crate::auth::jwt::Claims;
 use crate::auth::password;
 use crate::store::{now, users};
 
-const PER_IP: usize = 5;
-const IP_WINDOW: Duration = Duration::from_secs(60);
-const PER_ACCOUNT: usize = 10;
-const ACCOUNT_WINDOW: Duration = Duration::from_secs(15 * 60);
-/// Entries kept per map before stale ones are swept.
-const SWEEP_AT: usize = 10_000;
-
-/// Sliding-window attempt counters for logins.
-#[derive(Debug, Default)]
-pub struct LoginGuard {
-    by_ip: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
-}
-
-/// Counts an event in `map[k]` if fewer than `max` happened within `window`; else
-/// returns the seconds until one expires.
-fn hit<K: std::hash::Hash + Eq + Clone>(
-    map: &Mutex<HashMap<K, VecDeque<Instant>>>,
-    k: &K,
-    max: usize,
-    window: Duration,
-    record: bool,
-) -> Result<(), u64> {
-    let now = Instant::now();
-    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
-    if m.len() >= SWEEP_AT {
-        m.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
-    }
-    let q = m.entry(k.clone()).or_default();
-    while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
-        q.pop_front();
-    }
-    if q.len() >= max {
-        let oldest = q.front().copied().unwrap_or(now);
-        let wait = window.saturating_sub(now.duration_since(oldest));
-        return Err(wait.as_secs().max(1));
-    }
-    if record {
-        q.push_back(now);
-    }
-    Ok(())
-}
+/// The largest login body read.
+const MAX_LOGIN_BODY: u64 = 64 * 1024;
 
 #[derive(Deserialize)]
 struct LoginForm {
@@ -69,52 +27,42 @@ struct LoginForm {
 }
 
 /// Handles a login request.
-pub async fn handle(state: &Arc<State>, ip: IpAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    state: &Arc<State>,
+    ip: IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GateError> {
     let Some(keys) = state.verifier.jwt() else {
-        return respond::error(StatusCode::NOT_FOUND, "Login is disabled on this gate");
+        return Err(GateError::NotFound("Login is disabled on this gate".into()));
     };
     if req.method() != Method::POST {
-        let mut r = respond::error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return r;
+        return Err(GateError::MethodNotAllowed(Some("POST")));
     }
     let guard = &state.login;
-    if let Err(wait) = hit(&guard.by_ip, &ip, PER_IP, IP_WINDOW, true) {
-        return respond::too_many("Too many login attempts; try again later", wait);
-    }
+    guard
+        .attempt(ip)
+        .map_err(|retry_after| GateError::TooManyLogins {
+            detail: "Too many login attempts; try again later",
+            retry_after,
+        })?;
     let form_encoded = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let body = match read_body(req.into_body(), 64 * 1024).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let bytes = body::read(req.into_body(), MAX_LOGIN_BODY).await?;
     let form: Option<LoginForm> = if form_encoded {
-        serde_urlencoded::from_bytes(&body).ok()
+        serde_urlencoded::from_bytes(&bytes).ok()
     } else {
-        serde_json::from_slice(&body).ok()
+        serde_json::from_slice(&bytes).ok()
     };
-    let Some(form) = form else {
-        return respond::error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Send {\"username\": …, \"password\": …} as JSON or a form",
-        );
-    };
-    if let Err(wait) = hit(
-        &guard.failures,
-        &form.username,
-        PER_ACCOUNT,
-        ACCOUNT_WINDOW,
-        false,
-    ) {
-        return respond::too_many(
-            "Too many failed logins for this account; try again later",
-            wait,
-        );
-    }
+    let form = form.ok_or(GateError::BadLoginBody)?;
+    guard
+        .account_open(&form.username)
+        .map_err(|retry_after| GateError::TooManyLogins {
+            detail: "Too many failed logins for this account; try again later",
+            retry_after,
+        })?;
     let verifier = state.verifier.clone();
     let name = form.username.clone();
     let checked = tokio::task::spawn_blocking(move || {
@@ -133,22 +81,11 @@ pub async fn handle(state: &Arc<State>, ip: IpAddr, req: Request<Incoming>) -> R
     .await;
     let user: Option<users::User> = match checked {
         Ok(Ok(u)) => u,
-        _ => {
-            return respond::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Credential store unavailable",
-            );
-        }
+        _ => return Err(GateError::Unavailable("Credential store unavailable")),
     };
     let Some(user) = user else {
-        let _ = hit(
-            &guard.failures,
-            &form.username,
-            PER_ACCOUNT,
-            ACCOUNT_WINDOW,
-            true,
-        );
-        record_auth_failure(
+        guard.failed(&form.username);
+        failure::record(
             state,
             ip,
             "bad_login",
@@ -157,7 +94,7 @@ pub async fn handle(state: &Arc<State>, ip: IpAddr, req: Request<Incoming>) -> R
             &Method::POST,
             "/auth/login",
         );
-        return respond::login_failed();
+        return Err(GateError::LoginFailed);
     };
     let ttl = state.config.token_ttl.as_secs();
     let iat = now() as u64;
@@ -167,14 +104,12 @@ pub async fn handle(state: &Arc<State>, ip: IpAddr, req: Request<Incoming>) -> R
         iat,
         ver: user.token_version,
     };
-    match keys.issue(&claims) {
-        Ok(token) => respond::json(
-            StatusCode::OK,
-            &serde_json::json!({ "access_token": token, "token_type": "bearer", "expires_in": ttl }),
-        ),
-        Err(e) => {
-            tracing::error!("signing a token failed: {e}");
-            respond::error(StatusCode::INTERNAL_SERVER_ERROR, "Could not issue a token")
-        }
-    }
+    let token = keys.issue(&claims).map_err(|e| {
+        tracing::error!("signing a token failed: {e}");
+        GateError::Internal("Could not issue a token")
+    })?;
+    Ok(respond::json(
+        StatusCode::OK,
+        &serde_json::json!({ "access_token": token, "token_type": "bearer", "expires_in": ttl }),
+    ))
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::auth::verifier::Verifier;
+use super::authn::Verifier;
 use crate::store::usage::{self, Counts, UsageKey};
 use crate::store::{OpenMode, Store, audit, now};
 

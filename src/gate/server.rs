@@ -20,6 +20,8 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 
+use super::error::GateError;
+use super::metrics::Metrics;
 use super::{State, handler};
 
 /// hyper's own cap on a request head; past it hyper answers 431 itself. Heads under it
@@ -76,9 +78,7 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors and the like: wait rather than spin.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    accept_failed(e).await;
                     continue;
                 }
             },
@@ -133,30 +133,39 @@ async fn serve_conn<I>(
     }
 }
 
+/// After a failed accept (out of file descriptors and the like): wait rather than spin.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!("accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
 /// Serves `GET /metrics` (Prometheus text) on its own listener until `shutdown`.
 pub async fn run_metrics(
     listener: TcpListener,
-    state: Arc<State>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
     use super::respond;
-    use hyper::{Response, StatusCode, header};
+    use hyper::{Response, header};
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
-                Err(_) => continue,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
             },
             () = &mut shutdown => break,
         };
-        let state = state.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let state = state.clone();
+                let metrics = metrics.clone();
                 async move {
                     let resp = if req.uri().path() == "/metrics" {
-                        let mut r = Response::new(respond::full(state.metrics.encode()));
+                        let mut r = Response::new(respond::full(metrics.encode()));
                         r.headers_mut().insert(
                             header::CONTENT_TYPE,
                             header::HeaderValue::from_static(
@@ -165,7 +174,7 @@ pub async fn run_metrics(
                         );
                         r
                     } else {
-                        respond::error(StatusCode::NOT_FOUND, "Not Found")
+                        GateError::NotFound("Not Found".into()).into_response()
                     };
                     Ok::<_, std::convert::Infallible>(resp)
                 }

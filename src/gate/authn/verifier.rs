@@ -7,12 +7,14 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use rusqlite::Connection;
 
-use super::jwt::{JwtKeys, TokenError};
-use super::key::{self, KeyHash};
-use crate::store::keys::{self, AuthRow};
+use super::AuthError;
+use super::principal::{Principal, judge, judge_user, resolve, resolve_user};
+use crate::auth::jwt::{JwtKeys, TokenError};
+use crate::auth::key::{self, KeyHash};
+use crate::gate::limits::LimitState;
+use crate::store::keys;
 use crate::store::tiers::{self, Tier};
 use crate::store::{Result as StoreResult, Store, StoreError, now, usage, users};
 
@@ -22,223 +24,6 @@ const MAX_ENTRIES: usize = 50_000;
 /// The most well-formed but unknown keys remembered, so that repeating one costs no
 /// query; kept apart so that a flood of them cannot push out the known keys.
 const MAX_UNKNOWN: usize = 10_000;
-
-/// Why a request was not authenticated. Each maps to one status and body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error("no credential")]
-    Missing,
-    #[error("malformed key")]
-    MalformedKey,
-    #[error("invalid key")]
-    InvalidKey,
-    #[error("key checksum mismatch")]
-    BadChecksum,
-    #[error("revoked key")]
-    RevokedKey,
-    #[error("expired key")]
-    ExpiredKey,
-    #[error("invalid token")]
-    InvalidToken,
-    #[error("expired token")]
-    ExpiredToken,
-    #[error("credential store unavailable")]
-    Unavailable,
-}
-
-impl AuthError {
-    /// A stable, space-free reason for logs and the audit table.
-    pub fn reason(self) -> &'static str {
-        match self {
-            AuthError::Missing => "missing",
-            AuthError::MalformedKey => "malformed_key",
-            AuthError::InvalidKey => "unknown_key",
-            AuthError::BadChecksum => "bad_checksum",
-            AuthError::RevokedKey => "revoked_key",
-            AuthError::ExpiredKey => "expired_key",
-            AuthError::InvalidToken => "invalid_token",
-            AuthError::ExpiredToken => "expired_token",
-            AuthError::Unavailable => "store_unavailable",
-        }
-    }
-}
-
-/// Who is calling, resolved with the limits that apply.
-#[derive(Debug)]
-pub struct Principal {
-    /// The key's id, or `None` for a JWT caller.
-    pub key_id: Option<i64>,
-    /// The key's display prefix, empty for a JWT caller.
-    pub prefix: String,
-    /// The owning or logged-in user, if any.
-    pub user: Option<String>,
-    pub tier: String,
-    pub admin: bool,
-    pub limits: Limits,
-    /// When the key stops working (`None`: never).
-    pub expires_at: Option<i64>,
-    /// Refused: revoked key, or its user is disabled.
-    pub refused: bool,
-    /// The JWT token version this principal accepts (users only).
-    pub token_version: i64,
-    /// Live counters for the limits; carried over when the entry is refreshed.
-    pub state: Arc<LimitState>,
-}
-
-/// The effective limits of a principal: the key's overrides over its tier's.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub rpm: Option<u32>,
-    pub concurrency: Option<u32>,
-    pub tokens_per_day: Option<u64>,
-    /// `None`: every model is allowed.
-    pub models: Option<ModelFilter>,
-}
-
-/// A compiled model allow-list.
-#[derive(Debug, Clone)]
-pub struct ModelFilter {
-    set: GlobSet,
-    pub patterns: Vec<String>,
-}
-
-impl ModelFilter {
-    fn new(patterns: &[String]) -> Option<ModelFilter> {
-        if patterns.iter().any(|p| p == "*") {
-            return None;
-        }
-        let mut b = GlobSetBuilder::new();
-        for p in patterns {
-            // Patterns were checked on the way in; a bad one here allows nothing.
-            if let Ok(g) = Glob::new(p) {
-                b.add(g);
-            }
-        }
-        let set = b.build().unwrap_or_else(|_| GlobSet::empty());
-        Some(ModelFilter {
-            set,
-            patterns: patterns.to_vec(),
-        })
-    }
-
-    /// Whether `model` is allowed. `llama3` also matches a pattern written for
-    /// `llama3:latest`, as Ollama treats them as the same model.
-    pub fn allows(&self, model: &str) -> bool {
-        self.set.is_match(model)
-            || (!model.contains(':') && self.set.is_match(format!("{model}:latest")))
-    }
-}
-
-/// Per-principal counters used by the gate's limits.
-#[derive(Debug, Default)]
-pub struct LimitState {
-    /// Requests in flight.
-    pub inflight: std::sync::atomic::AtomicU32,
-    /// Sliding-window request counter: (window start in seconds, this window, previous).
-    pub window: Mutex<(u64, u32, u32)>,
-    /// Tokens used today: the UTC day in the top 20 bits, the count in the low 44, in
-    /// one word, so that a request reads it with a load and adds to it with one
-    /// compare-and-swap (no lock shared by the workers). Seeded from the usage table on
-    /// first sight.
-    tokens: std::sync::atomic::AtomicU64,
-}
-
-const TOKEN_BITS: u32 = 44;
-const TOKEN_MAX: u64 = (1 << TOKEN_BITS) - 1;
-
-fn pack_tokens(day: i64, used: u64) -> u64 {
-    ((day as u64) << TOKEN_BITS) | used.min(TOKEN_MAX)
-}
-
-impl LimitState {
-    /// A state whose count for `day` starts at `used`.
-    pub fn with_tokens(day: i64, used: u64) -> LimitState {
-        LimitState {
-            tokens: pack_tokens(day, used).into(),
-            ..LimitState::default()
-        }
-    }
-
-    /// Tokens used on `day` (0 once the stored day is another). Counts stop at 2^44.
-    pub fn tokens_on(&self, day: i64) -> u64 {
-        let t = self.tokens.load(std::sync::atomic::Ordering::Acquire);
-        if t >> TOKEN_BITS == pack_tokens(day, 0) >> TOKEN_BITS {
-            t & TOKEN_MAX
-        } else {
-            0
-        }
-    }
-
-    /// Adds `n` tokens to `day`'s count, starting it over when the day changed.
-    pub fn add_tokens(&self, day: i64, n: u64) {
-        use std::sync::atomic::Ordering;
-        let _ = self
-            .tokens
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                let base = pack_tokens(day, 0);
-                let used = if t >> TOKEN_BITS == base >> TOKEN_BITS {
-                    t & TOKEN_MAX
-                } else {
-                    0
-                };
-                Some(pack_tokens(day, used.saturating_add(n)))
-            });
-    }
-}
-
-fn resolve(row: &AuthRow, tiers: &HashMap<String, Tier>, state: Arc<LimitState>) -> Principal {
-    let k = &row.key;
-    let tier = tiers.get(&k.tier);
-    let o = &k.overrides;
-    let models = o
-        .models
-        .clone()
-        .or_else(|| tier.map(|t| t.models.clone()))
-        .unwrap_or_default();
-    Principal {
-        key_id: Some(k.id),
-        prefix: k.prefix.clone(),
-        user: k.user.clone(),
-        tier: k.tier.clone(),
-        admin: tier.is_some_and(|t| t.admin),
-        limits: Limits {
-            rpm: o.rpm.or(tier.and_then(|t| t.rpm)),
-            concurrency: o.concurrency.or(tier.and_then(|t| t.concurrency)),
-            tokens_per_day: o.tokens_per_day.or(tier.and_then(|t| t.tokens_per_day)),
-            models: ModelFilter::new(&models),
-        },
-        expires_at: k.expires_at,
-        // A key whose tier vanished is refused rather than given unknown limits.
-        refused: k.revoked_at.is_some() || row.user_disabled || tier.is_none(),
-        token_version: 0,
-        state,
-    }
-}
-
-fn resolve_user(
-    u: &users::User,
-    tiers: &HashMap<String, Tier>,
-    state: Arc<LimitState>,
-) -> Principal {
-    let tier = tiers.get(&u.tier);
-    Principal {
-        key_id: None,
-        prefix: String::new(),
-        user: Some(u.username.clone()),
-        tier: u.tier.clone(),
-        admin: tier.is_some_and(|t| t.admin),
-        limits: Limits {
-            rpm: tier.and_then(|t| t.rpm),
-            concurrency: tier.and_then(|t| t.concurrency),
-            tokens_per_day: tier.and_then(|t| t.tokens_per_day),
-            models: ModelFilter::new(&tier.map(|t| t.models.clone()).unwrap_or_default()),
-        },
-        expires_at: None,
-        refused: u.disabled || tier.is_none(),
-        token_version: u.token_version,
-        state,
-    }
-}
 
 fn seeded_state(conn: &Connection, key_id: i64, user: &str) -> StoreResult<Arc<LimitState>> {
     let day = now().div_euclid(usage::DAY);
@@ -490,12 +275,6 @@ impl Verifier {
         cache.users.clear();
     }
 
-    /// How many credentials are cached (for metrics and tests).
-    pub fn cached(&self) -> usize {
-        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-        cache.keys.len() + cache.users.len()
-    }
-
     fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
         let reader = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let store = match reader {
@@ -512,23 +291,6 @@ impl Verifier {
         }
         out
     }
-}
-
-fn judge(p: &Arc<Principal>) -> Result<Arc<Principal>, AuthError> {
-    if p.refused {
-        return Err(AuthError::RevokedKey);
-    }
-    if p.expires_at.is_some_and(|e| e <= now()) {
-        return Err(AuthError::ExpiredKey);
-    }
-    Ok(p.clone())
-}
-
-fn judge_user(p: &Arc<Principal>, ver: i64) -> Result<Arc<Principal>, AuthError> {
-    if p.refused || p.token_version != ver {
-        return Err(AuthError::InvalidToken);
-    }
-    Ok(p.clone())
 }
 
 fn load_tiers(conn: &Connection) -> Result<HashMap<String, Tier>, StoreError> {

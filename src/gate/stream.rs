@@ -1,0 +1,186 @@
+//! The response body on its way back to the client: each frame passed on as it comes,
+//! read by the usage tap, guarded by the idle timeout; the upstream connection returned
+//! to the pool when the body ended, and usage recorded once, at the end or when the
+//! client leaves.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use tokio::time::Sleep;
+
+use super::State;
+use super::authn::Principal;
+use super::limits::{self, Admitted};
+use super::respond::BoxError;
+use super::tap::Scanner;
+use super::upstream::Lease;
+use crate::store::usage::Counts;
+
+/// What is recorded when a forwarded response ends (or the client leaves).
+pub struct Accounting {
+    pub state: Arc<State>,
+    /// The caller, and its concurrency slot (freed as this drops).
+    pub admitted: Admitted<Principal>,
+    /// The model the request named, if it was read.
+    pub model: Option<String>,
+}
+
+impl Accounting {
+    fn finish(self, scanner: Option<Scanner>) {
+        let seen = scanner.map(Scanner::finish).unwrap_or_default();
+        let p = self.admitted.caller();
+        let tokens = seen.prompt_tokens + seen.completion_tokens;
+        if tokens > 0 {
+            limits::add_tokens(&p.state, tokens);
+            self.state.counters.tokens(
+                &self.state.metrics,
+                &p.tier,
+                seen.prompt_tokens,
+                seen.completion_tokens,
+            );
+        }
+        // Ollama reads `llama3.2` as `llama3.2:latest`; count both under one name.
+        let mut model = self.model.or(seen.model).unwrap_or_default();
+        if !model.is_empty() && !model.contains(':') {
+            model.push_str(":latest");
+        }
+        self.state.recorder.record(
+            p.key_id,
+            p.user.as_deref(),
+            &model,
+            Counts {
+                requests: 1,
+                prompt_tokens: seen.prompt_tokens,
+                completion_tokens: seen.completion_tokens,
+            },
+        );
+        self.state.metrics.streams.dec();
+        // The concurrency slot (if any) is released here, as `self` drops.
+    }
+}
+
+/// A response body on its way to the client: each frame is passed on as it comes,
+/// read by the usage tap, and guarded by the idle timeout. Recording happens once, at
+/// the end of the stream or when the client goes away (drop).
+pub struct Tapped {
+    inner: Incoming,
+    scanner: Option<Scanner>,
+    /// Fires at the latest `last_frame + idle_timeout`; moved on when it fires rather
+    /// than on every frame, since re-arming a timer takes the timer wheel's lock. Made
+    /// the first time the upstream keeps the body waiting: most bodies never do.
+    idle: Option<Pin<Box<Sleep>>>,
+    last_frame: tokio::time::Instant,
+    idle_timeout: Duration,
+    /// The upstream connection, returned to the pool when the body has ended; dropped
+    /// with the body otherwise, which closes it (Ollama stops generating).
+    lease: Option<Lease>,
+    accounting: Option<Accounting>,
+}
+
+impl Tapped {
+    /// Wraps `inner`; `scan` says whether to read token counts from it.
+    pub fn new(inner: Incoming, scan: bool, lease: Lease, accounting: Accounting) -> Tapped {
+        accounting.state.metrics.streams.inc();
+        Tapped {
+            inner,
+            scanner: scan.then(Scanner::default),
+            idle: None,
+            last_frame: tokio::time::Instant::now(),
+            idle_timeout: accounting.state.config.idle_timeout,
+            lease: Some(lease),
+            accounting: Some(accounting),
+        }
+    }
+
+    /// The body was read to the end: its connection can carry another request.
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(a) = self.accounting.take() {
+            a.finish(self.scanner.take());
+        }
+    }
+}
+
+impl Drop for Tapped {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl HttpBody for Tapped {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let ended = this.inner.is_end_stream();
+                if let (Some(sc), Some(data)) = (this.scanner.as_mut(), frame.data_ref()) {
+                    if ended {
+                        sc.feed_last(data);
+                    } else {
+                        sc.feed(data);
+                    }
+                }
+                this.last_frame = tokio::time::Instant::now();
+                // hyper stops polling a body that says it has ended, so the connection
+                // goes back to the pool here, not only on the final `None`.
+                if ended {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.release();
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let deadline = this.last_frame + this.idle_timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                while idle.as_mut().poll(cx).is_ready() {
+                    let deadline = this.last_frame + this.idle_timeout;
+                    if deadline > tokio::time::Instant::now() {
+                        // A frame came since the timer was set: wait the rest.
+                        idle.as_mut().reset(deadline);
+                        continue;
+                    }
+                    this.finish();
+                    tracing::warn!(
+                        "upstream idle for {:?}, ending the response",
+                        this.idle_timeout
+                    );
+                    return Poll::Ready(Some(Err("upstream idle timeout".into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
