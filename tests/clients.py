@@ -30,6 +30,7 @@ try:
     sys.exit("a wrong key was accepted")
 except ollama.ResponseError as e:
     assert e.status_code == 401, e
+    assert e.error == "Invalid API key", e.error
 
 # openai: api_key goes out as a bearer token.
 oa = openai.OpenAI(base_url=f"{host}/v1", api_key=key)
@@ -51,5 +52,43 @@ try:
     sys.exit("a wrong key was accepted")
 except openai.AuthenticationError as e:
     assert e.status_code == 401, e
+    assert "Invalid API key" in str(e), str(e)
+    assert e.code == "invalid_api_key", e.code
+
+# The gate's refusals reach the user in each client's own words.
+limited = os.environ["LIMITED_KEY"]  # tier allows llama3* only
+try:
+    ollama.Client(headers={"Authorization": f"Bearer {limited}"}).chat(
+        model="qwen2.5:7b", messages=[{"role": "user", "content": "hi"}]
+    )
+    sys.exit("a model outside the tier was served")
+except ollama.ResponseError as e:
+    assert e.status_code == 403 and "is not allowed for tier" in e.error, (e.status_code, e.error)
+try:
+    openai.OpenAI(base_url=f"{host}/v1", api_key=limited, max_retries=0).chat.completions.create(
+        model="qwen2.5:7b", messages=[{"role": "user", "content": "hi"}]
+    )
+    sys.exit("a model outside the tier was served")
+except openai.PermissionDeniedError as e:
+    assert "is not allowed for tier" in str(e), str(e)
+
+rated = os.environ["RATED_KEY"]  # one request per minute
+ollama.Client(headers={"Authorization": f"Bearer {rated}"}).chat(
+    model="llama3.2", messages=[{"role": "user", "content": "hi"}]
+)
+try:
+    ollama.Client(headers={"Authorization": f"Bearer {rated}"}).chat(
+        model="llama3.2", messages=[{"role": "user", "content": "hi"}]
+    )
+    sys.exit("the rate limit let a second request through")
+except ollama.ResponseError as e:
+    assert e.status_code == 429 and "Rate limit exceeded" in e.error, (e.status_code, e.error)
+try:
+    openai.OpenAI(base_url=f"{host}/v1", api_key=rated, max_retries=0).chat.completions.create(
+        model="llama3.2", messages=[{"role": "user", "content": "hi"}]
+    )
+    sys.exit("the rate limit let a request through")
+except openai.RateLimitError as e:
+    assert "Rate limit exceeded" in str(e), str(e)
 
 print("python clients ok")

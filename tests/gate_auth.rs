@@ -29,12 +29,21 @@ async fn fake() -> FakeOllama {
     FakeOllama::start(FakeOptions::default()).await
 }
 
-/// Asserts a 401 with exactly `{"detail": detail}` and the RFC 6750 challenge.
+/// Asserts a 401 whose body is `detail` in both shapes (`{"detail", "error"}`: Ollama's
+/// string, or OpenAI's object on `/v1/*`) and the RFC 6750 challenge.
 #[track_caller]
 fn assert_401(r: &Reply, detail: &str, credential_given: bool) {
     assert_eq!(r.status, 401, "body: {}", r.text());
     assert_json_content_type(r);
-    assert_eq!(r.json(), json!({ "detail": detail }));
+    let v = r.json();
+    assert_eq!(v["detail"], detail, "{v}");
+    let error = &v["error"];
+    if error.is_object() {
+        assert_eq!(error["message"], detail, "{v}");
+        assert_eq!(error["type"], "invalid_request_error", "{v}");
+    } else {
+        assert_eq!(v, json!({ "detail": detail, "error": detail }));
+    }
     let challenges: Vec<_> = r.headers.get_all("www-authenticate").iter().collect();
     let want = if credential_given {
         CHALLENGE_INVALID

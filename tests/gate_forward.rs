@@ -533,7 +533,7 @@ async fn upstream_down_then_up_without_restart() {
     assert_eq!(r.status, 502);
     assert_eq!(
         r.json(),
-        serde_json::json!({"detail":"Upstream unavailable"})
+        serde_json::json!({"detail":"Upstream unavailable","error":"Upstream unavailable"})
     );
     let r = post(&gate.url("/api/chat"), &key, CHAT).await;
     assert_eq!(r.status, 502);
@@ -559,7 +559,7 @@ async fn upstream_that_resets_is_unavailable() {
     assert_eq!(r.status, 502);
     assert_eq!(
         r.json(),
-        serde_json::json!({"detail":"Upstream unavailable"})
+        serde_json::json!({"detail":"Upstream unavailable","error":"Upstream unavailable"})
     );
 }
 
@@ -577,7 +577,10 @@ async fn silent_upstream_times_out() {
     let r = post(&gate.url("/api/chat"), &key, CHAT).await;
     let took = started.elapsed();
     assert_eq!(r.status, 504);
-    assert_eq!(r.json(), serde_json::json!({"detail":"Upstream timeout"}));
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"detail":"Upstream timeout","error":"Upstream timeout"})
+    );
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "504 after {took:?}"

@@ -49,6 +49,9 @@ async fn official_clients_work_through_the_gate() {
     let fake = FakeOllama::start(FakeOptions::default()).await;
     let db = Db::new();
     let (_, key) = db.key(&["--tier", "pro"]);
+    db.cli(&["tier", "set", "llamas", "--models", "llama3*"]);
+    let (_, limited) = db.key(&["--tier", "llamas"]);
+    let (_, rated) = db.key(&["--tier", "pro", "--rpm", "1"]);
     let gate = Gate::start(&db.path, &fake.url(), &["--no-login"]);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients.py");
     let out = tokio::task::spawn_blocking({
@@ -59,6 +62,8 @@ async fn official_clients_work_through_the_gate() {
                 .env("PYTHONPATH", path)
                 .env("OLLAMA_HOST", host)
                 .env("OLLAMA_API_KEY", key)
+                .env("LIMITED_KEY", limited)
+                .env("RATED_KEY", rated)
                 .output()
                 .expect("python3")
         }

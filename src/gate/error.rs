@@ -1,5 +1,7 @@
 //! The gate's one error type, and the one place where an error becomes a status, a JSON
-//! body and its headers (`WWW-Authenticate`, `Retry-After`, `Allow`).
+//! body and its headers (`WWW-Authenticate`, `Retry-After`, `Allow`). Every body has
+//! `detail` and also speaks its client's language, so that the client shows the
+//! message: OpenAI's `error.message` on `/v1/*`, Ollama's `error` string elsewhere.
 
 use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
@@ -89,9 +91,10 @@ impl GateError {
         }
     }
 
-    /// The response: `{"detail": …}` with the status and the headers the error calls
-    /// for. Upstream and internal errors are logged here, with their sources.
-    pub fn into_response(self) -> Response<Body> {
+    /// The response in `dialect`: `detail` and the client's own error field, with the
+    /// status and the headers the error calls for. Upstream and internal errors are
+    /// logged here, with their sources.
+    pub fn into_response(self, dialect: Dialect) -> Response<Body> {
         match &self {
             GateError::Upstream(e) => tracing::warn!("{}", error_chain(e)),
             GateError::Internal(_) | GateError::Unavailable(_) => {
@@ -103,7 +106,18 @@ impl GateError {
             GateError::Auth(e) => auth_detail(*e).to_string(),
             other => other.to_string(),
         };
-        let mut r = respond::json(self.status(), &serde_json::json!({ "detail": detail }));
+        let status = self.status();
+        let body = match dialect {
+            Dialect::Ollama => serde_json::json!({ "detail": detail, "error": detail }),
+            Dialect::OpenAi => {
+                let (kind, code) = self.openai_kind();
+                serde_json::json!({
+                    "detail": detail,
+                    "error": { "message": detail, "type": kind, "code": code },
+                })
+            }
+        };
+        let mut r = respond::json(status, &body);
         let h = r.headers_mut();
         match &self {
             GateError::Auth(AuthError::Unavailable) => {}
@@ -131,6 +145,57 @@ impl GateError {
             _ => {}
         }
         r
+    }
+}
+
+/// Which client's error shape a body takes beside `detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `"error": "<message>"`, which Ollama's clients (and Open WebUI) show.
+    Ollama,
+    /// `"error": {"message", "type", "code"}`, which OpenAI's SDKs show.
+    OpenAi,
+}
+
+impl Dialect {
+    /// The dialect of a request path: OpenAI's on `/v1/*`.
+    pub fn of_path(path: &str) -> Dialect {
+        if path.starts_with("/v1/") || path == "/v1" {
+            Dialect::OpenAi
+        } else {
+            Dialect::Ollama
+        }
+    }
+}
+
+impl GateError {
+    /// OpenAI's error `type` and `code` for this error, as its API uses them.
+    fn openai_kind(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            GateError::Auth(AuthError::Unavailable) | GateError::Unavailable(_) => {
+                ("server_error", Some("service_unavailable"))
+            }
+            GateError::Auth(AuthError::Missing) => {
+                ("invalid_request_error", Some("missing_api_key"))
+            }
+            GateError::Auth(AuthError::ExpiredToken | AuthError::InvalidToken) => {
+                ("invalid_request_error", Some("invalid_token"))
+            }
+            GateError::Auth(_) | GateError::LoginFailed => {
+                ("invalid_request_error", Some("invalid_api_key"))
+            }
+            GateError::AdminOnly(_) => ("permission_error", Some("admin_only")),
+            GateError::ModelNotAllowed { .. } => ("permission_error", Some("model_not_allowed")),
+            GateError::NotFound(_) => ("invalid_request_error", Some("not_found")),
+            GateError::Limited(Rejection::Tokens { .. }) => {
+                ("insufficient_quota", Some("insufficient_quota"))
+            }
+            GateError::Limited(_) | GateError::TooManyLogins { .. } => {
+                ("rate_limit_error", Some("rate_limit_exceeded"))
+            }
+            GateError::Upstream(_) | GateError::Internal(_) => ("server_error", None),
+            _ => ("invalid_request_error", None),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::header::HeaderMap;
 use hyper::{Request, Response, StatusCode};
 
-use super::error::GateError;
+use super::error::{Dialect, GateError};
 use super::metrics::KindLabel;
 use super::respond::{self, Body};
 use super::route::{self, Route};
@@ -31,6 +31,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let origin = cors::allowed_origin(&state.config.cors_origins, req.headers());
     let route = route::classify(req.method(), req.uri().path());
+    let dialect = Dialect::of_path(req.uri().path());
     let result = match route {
         None => Err(GateError::BadPath),
         Some(route) => match cors::preflight(&req, origin.as_ref()) {
@@ -38,7 +39,7 @@ pub async fn handle(
             None => dispatch(&state, peer, https, req, route).await,
         },
     };
-    let mut resp = result.unwrap_or_else(GateError::into_response);
+    let mut resp = result.unwrap_or_else(|e| e.into_response(dialect));
     if let Some(o) = origin {
         cors::allow(&mut resp, o);
     }

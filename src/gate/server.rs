@@ -20,7 +20,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 
-use super::error::GateError;
+use super::error::{Dialect, GateError};
 use super::metrics::Metrics;
 use super::{State, handler};
 
@@ -174,7 +174,7 @@ pub async fn run_metrics(
                         );
                         r
                     } else {
-                        GateError::NotFound("Not Found".into()).into_response()
+                        GateError::NotFound("Not Found".into()).into_response(Dialect::Ollama)
                     };
                     Ok::<_, std::convert::Infallible>(resp)
                 }
