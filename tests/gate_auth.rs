@@ -138,6 +138,25 @@ fn claims(sub: &str) -> Value {
     json!({ "sub": sub, "iat": now, "exp": now + 60, "ver": 0 })
 }
 
+/// `claims(sub)` with the fingerprint of the user's stored password hash, as the gate
+/// issues them: what a holder of the secret could mint.
+fn minted_claims(db: &Db, sub: &str) -> Value {
+    use sha2::{Digest, Sha256};
+    let hash: String = db
+        .conn()
+        .query_row(
+            "SELECT password_hash FROM users WHERE username = ?1",
+            [sub],
+            |r| r.get(0),
+        )
+        .expect("user");
+    let digest = Sha256::digest(hash.as_bytes());
+    let fp: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let mut c = claims(sub);
+    c["fp"] = json!(fp);
+    c
+}
+
 /// `s` with the character at `i` changed to another base64url character.
 fn change_char(s: &str, i: usize) -> String {
     let mut b = s.as_bytes().to_vec();
@@ -479,7 +498,7 @@ async fn forged_and_malformed_tokens_are_invalid() {
     let tags = gate.url("/api/tags");
 
     // The test knows the secret, so it can mint a token the gate accepts…
-    let good = sign(&claims("ana"), SECRET.as_bytes());
+    let good = sign(&minted_claims(&db, "ana"), SECRET.as_bytes());
     assert_eq!(get_bearer(&tags, &good).await.status, 200);
 
     // …and every variation of it is refused.
@@ -722,7 +741,7 @@ async fn jwt_secret_file_is_used() {
     )
     .expect("signed with the file's secret (trailing newline trimmed)");
     assert_eq!(get_bearer(&tags, &token).await.status, 200);
-    let minted = sign(&claims("ana"), secret.as_bytes());
+    let minted = sign(&minted_claims(&db, "ana"), secret.as_bytes());
     assert_eq!(get_bearer(&tags, &minted).await.status, 200);
     let env_secret = sign(&claims("ana"), SECRET.as_bytes());
     assert_401(&get_bearer(&tags, &env_secret).await, "Invalid token", true);

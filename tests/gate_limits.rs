@@ -132,7 +132,7 @@ async fn model_allow_list_refuses_filters_and_lets_modelless_requests_pass() {
     let r = post(&gate.url("/api/show"), &key, r#"{"verbose":false}"#).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "success");
-    let r = get(&gate.url("/api/version"), &key).await;
+    let r = get(&gate.url("/echo"), &key).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
     let r = get(&gate.url("/api/tags"), &key).await;
@@ -223,10 +223,10 @@ async fn rpm_is_per_key_and_answers_with_retry_after() {
     let gate = Gate::start(&db.path, &fake.url(), &[]);
 
     for i in 0..3 {
-        let r = get(&gate.url("/api/version"), &a).await;
+        let r = get(&gate.url("/echo"), &a).await;
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
     }
-    let r = get(&gate.url("/api/version"), &a).await;
+    let r = get(&gate.url("/echo"), &a).await;
     let wait = retry_after(&r);
     assert!((1..=60).contains(&wait), "Retry-After {wait}");
     assert!(
@@ -238,15 +238,15 @@ async fn rpm_is_per_key_and_answers_with_retry_after() {
 
     // Another key on the same tier has its own budget.
     for i in 0..3 {
-        let r = get(&gate.url("/api/version"), &b).await;
+        let r = get(&gate.url("/echo"), &b).await;
         assert_eq!(r.status, 200, "other key, request {i}: {}", r.text());
     }
     assert_eq!(fake.requests().len(), upstream_before + 3);
-    assert_eq!(get(&gate.url("/api/version"), &b).await.status, 429);
+    assert_eq!(get(&gate.url("/echo"), &b).await.status, 429);
 
     // A per-key override wins over the tier.
-    assert_eq!(get(&gate.url("/api/version"), &one).await.status, 200);
-    retry_after(&get(&gate.url("/api/version"), &one).await);
+    assert_eq!(get(&gate.url("/echo"), &one).await.status, 200);
+    retry_after(&get(&gate.url("/echo"), &one).await);
 }
 
 // ---------------------------------------------------------------------------
@@ -278,11 +278,11 @@ async fn concurrency_slot_comes_back_when_the_stream_completes() {
 
     let stream = open_chat(&gate, &key).await;
     assert_eq!(stream.status(), 200);
-    let r = get(&gate.url("/api/version"), &key).await;
+    let r = get(&gate.url("/echo"), &key).await;
     assert!(retry_after(&r) >= 1);
     assert!(r.detail().contains("at most 1"), "{}", r.detail());
     // Limits are per key.
-    assert_eq!(get(&gate.url("/api/version"), &other).await.status, 200);
+    assert_eq!(get(&gate.url("/echo"), &other).await.status, 200);
 
     let body = stream
         .into_body()
@@ -291,10 +291,10 @@ async fn concurrency_slot_comes_back_when_the_stream_completes() {
         .expect("stream")
         .to_bytes();
     assert_eq!(String::from_utf8_lossy(&body).lines().count(), 6);
-    let r = get(&gate.url("/api/version"), &key).await;
+    let r = get(&gate.url("/echo"), &key).await;
     assert_eq!(r.status, 200, "slot back after the stream: {}", r.text());
     // And again: the finished request did not leak a slot.
-    assert_eq!(get(&gate.url("/api/version"), &key).await.status, 200);
+    assert_eq!(get(&gate.url("/echo"), &key).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,11 +320,11 @@ async fn concurrency_slot_comes_back_when_the_client_leaves() {
         .expect("a first chunk")
         .expect("chunk");
     assert!(first.is_data());
-    retry_after(&get(&gate.url("/api/version"), &key).await);
+    retry_after(&get(&gate.url("/echo"), &key).await);
 
     drop(stream);
     let back = eventually(Duration::from_secs(5), || async {
-        get(&gate.url("/api/version"), &key).await.status == 200
+        get(&gate.url("/echo"), &key).await.status == 200
     })
     .await;
     assert!(back.is_some(), "slot never came back after the client left");
@@ -408,8 +408,33 @@ async fn jwt_callers_share_one_quota_per_user() {
     // 136 tokens used by the user, whichever token carried them.
     retry_after(&chat(&gate, &t1, "llama3.2:latest").await);
     retry_after(&chat(&gate, &t2, "llama3.2:latest").await);
-    // The user's key is a key: its own limits.
-    assert_eq!(chat(&gate, &dana_key, "llama3.2:latest").await.status, 200);
+    // The user's key spends the same budget (SPEC §4, Budgets): refused too…
+    retry_after(&chat(&gate, &dana_key, "llama3.2:latest").await);
+    // …while a key without a user has its own.
+    let (_, lone) = db.key(&["--tier", "small"]);
+    assert_eq!(chat(&gate, &lone, "llama3.2:latest").await.status, 200);
+}
+
+/// A user's keys and tokens share one rate: two keys and a token of one user get the
+/// tier's 3 requests per minute between them, not 3 each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_keys_and_tokens_share_one_rate() {
+    let fake = FakeOllama::start(FakeOptions::default()).await;
+    let db = Db::new();
+    db.cli(&["tier", "set", "slow", "--rpm", "3"]);
+    db.user("erin", "correct horse battery", "slow");
+    let (_, k1) = db.key(&["--user", "erin", "--tier", "slow"]);
+    let (_, k2) = db.key(&["--user", "erin", "--tier", "slow"]);
+    let gate = Gate::start(&db.path, &fake.url(), &[]);
+    let token = login(&gate, "erin", "correct horse battery").await;
+    for cred in [&k1, &k2, &token] {
+        assert_eq!(chat(&gate, cred, "llama3.2:latest").await.status, 200);
+    }
+    for cred in [&k1, &k2, &token] {
+        retry_after(&chat(&gate, cred, "llama3.2:latest").await);
+    }
+    let (_, lone) = db.key(&["--tier", "slow"]);
+    assert_eq!(chat(&gate, &lone, "llama3.2:latest").await.status, 200);
 }
 
 // ---------------------------------------------------------------------------
@@ -436,7 +461,7 @@ async fn tier_change_reaches_the_running_gate_within_a_second() {
     // At least 3 requests were counted this minute; 2 per minute refuses the next.
     db.cli(&["tier", "set", "live", "--rpm", "2"]);
     let lowered = eventually(Duration::from_secs(1), || async {
-        get(&gate.url("/api/version"), &key).await.status == 429
+        get(&gate.url("/echo"), &key).await.status == 429
     })
     .await;
     assert!(lowered.is_some(), "--rpm change not applied within 1 s");
@@ -680,7 +705,7 @@ async fn last_used_at_is_set_within_two_seconds() {
     };
     assert_eq!(last_used(id), Value::Null);
 
-    assert_eq!(get(&gate.url("/api/version"), &key).await.status, 200);
+    assert_eq!(get(&gate.url("/echo"), &key).await.status, 200);
     let set = eventually(Duration::from_secs(2), || async {
         last_used(id).is_string()
     })
@@ -820,12 +845,12 @@ async fn metrics_move_with_traffic_and_stay_off_the_public_port() {
         assert_eq!(total(&before, name, &[]), 0.0, "{name} before any traffic");
     }
 
-    assert_eq!(get(&gate.url("/api/version"), "").await.status, 401);
+    assert_eq!(get(&gate.url("/echo"), "").await.status, 401);
     let forged = "aig_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA_xxxxxx";
-    assert_eq!(get(&gate.url("/api/version"), forged).await.status, 401);
+    assert_eq!(get(&gate.url("/echo"), forged).await.status, 401);
     assert_eq!(chat(&gate, &key, "llama3.2:latest").await.status, 200);
-    assert_eq!(get(&gate.url("/api/version"), &once).await.status, 200);
-    retry_after(&get(&gate.url("/api/version"), &once).await);
+    assert_eq!(get(&gate.url("/echo"), &once).await.status, 200);
+    retry_after(&get(&gate.url("/echo"), &once).await);
 
     // /metrics is not a route of the public port: unauthenticated it is a 401, and
     // with a key it is just forwarded (the fake has no such page).

@@ -798,7 +798,20 @@ async fn hostile_credentials_get_the_spec_401s() {
     let url = gate.url("/api/tags");
     let now = epoch();
     let hs = json!({"alg": "HS256", "typ": "JWT"});
-    let valid = json!({"sub": "ana", "iat": now, "exp": now + 600, "ver": 0});
+    // The fingerprint of ana's stored password hash, as the gate puts it in its tokens.
+    let stored: String = db
+        .conn()
+        .query_row(
+            "SELECT password_hash FROM users WHERE username = 'ana'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("ana");
+    let fp: String = Sha256::digest(stored.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let valid = json!({"sub": "ana", "iat": now, "exp": now + 600, "ver": 0, "fp": fp});
     let secret = SECRET.as_bytes();
 
     // The hand-made signer is right: this token is accepted.
@@ -1078,8 +1091,8 @@ async fn a_flood_of_bad_keys_costs_no_write_each_and_bounded_memory() {
                 let body = resp.into_body().collect().await.expect("body").to_bytes();
                 // Junk with two dots has a JWT's shape: the spec's bad-token body.
                 let spec = [
-                    &br#"{"detail":"Invalid API key"}"#[..],
-                    br#"{"detail":"Invalid token"}"#,
+                    &br#"{"detail":"Invalid API key","error":"Invalid API key"}"#[..],
+                    br#"{"detail":"Invalid token","error":"Invalid token"}"#,
                 ];
                 if status != 401 || !spec.contains(&body.as_ref()) {
                     wrong.push((cred, status, body));

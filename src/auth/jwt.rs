@@ -1,5 +1,7 @@
-//! Access tokens: HS256 JWTs with `sub`, `exp`, `iat` and the user's token version
-//! `ver`, so that `user passwd` and `user disable` end every token issued before.
+//! Access tokens: HS256 JWTs with `sub`, `exp`, `iat`, the user's token version `ver`,
+//! so that `user passwd` and `user disable` end every token issued before, and `fp`, a
+//! fingerprint of the user's password hash, so that a user removed and added again
+//! under the same name does not inherit the old user's tokens.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -14,6 +16,17 @@ pub struct Claims {
     pub exp: u64,
     pub iat: u64,
     pub ver: i64,
+    /// [`fingerprint`] of the user's password hash when the token was issued.
+    #[serde(default)]
+    pub fp: String,
+}
+
+/// A short, non-secret fingerprint of a stored password hash (whose salt is random per
+/// user and password): 16 hex digits of its SHA-256.
+pub fn fingerprint(password_hash: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(password_hash.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Why a token was refused.
@@ -101,6 +114,7 @@ mod tests {
             exp: now() + 60,
             iat: now(),
             ver: 3,
+            fp: fingerprint("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA"),
         };
         let token = keys.issue(&claims).expect("issue");
         assert!(looks_like_jwt(&token));

@@ -49,14 +49,15 @@ pub async fn handle(
     ip: IpAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GateError> {
-    let path = req.uri().path().trim_end_matches('/').to_string();
+    let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().clone();
     let segments: Vec<&str> = path.split('/').skip(2).collect(); // after "/admin"
+    // Only the canonical spelling names a key: `01`, `+1` and `1/` do not.
     let id_of = |s: &str| {
         s.parse::<i64>()
             .ok()
-            .filter(|id| *id > 0)
+            .filter(|id| *id > 0 && id.to_string() == s)
             .ok_or_else(|| GateError::BadRequest("Key id must be a positive whole number".into()))
     };
     let action = match (method.clone(), segments.as_slice()) {
@@ -81,7 +82,19 @@ pub async fn handle(
             .clone()
             .unwrap_or_else(|| format!("{}…", who.prefix))
     );
-    let result = tokio::task::spawn_blocking(move || run(&db, action, &by)).await;
+    let verifier = state.verifier.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut store = Store::open(&db, OpenMode::Existing)?;
+        let changes = !matches!(action, Action::List { .. });
+        let response = run(&mut store, action, &by)?;
+        // What this gate changed takes effect before it answers: its cache is re-read
+        // now, not when the database thread next notices the commit.
+        if changes {
+            verifier.refresh(store.conn())?;
+        }
+        Ok(response)
+    })
+    .await;
     match result {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(StoreError::NotFound(m))) => Err(GateError::NotFound(m)),
@@ -113,8 +126,7 @@ fn duration(s: Option<&str>, default: i64) -> Result<i64, StoreError> {
     }
 }
 
-fn run(db: &std::path::Path, action: Action, by: &str) -> Result<Response<Body>, StoreError> {
-    let mut store = Store::open(db, OpenMode::Existing)?;
+fn run(store: &mut Store, action: Action, by: &str) -> Result<Response<Body>, StoreError> {
     match action {
         Action::List { all } => {
             let list: Vec<_> = keys::list(store.conn(), all)?

@@ -43,6 +43,76 @@ pub async fn read(mut body: Incoming, limit: u64) -> Result<Bytes, GateError> {
     Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
+/// The request's generation capped at `remaining` tokens, so that one request cannot
+/// overrun the caller's daily budget by more than its prompt: Ollama's
+/// `options.num_predict` on `/api/generate` and `/api/chat`, OpenAI's `max_tokens` (and
+/// `max_completion_tokens` when given) on `/v1/chat/completions` and `/v1/completions`.
+/// A smaller limit the client set is kept. Keys are matched regardless of case and their
+/// other spellings dropped, as Go's decoder would take any of them. `None`: the body
+/// needs no change (another route, not a JSON object, already within the cap).
+pub fn cap_generation(body: &[u8], path: &str, remaining: u64) -> Option<Bytes> {
+    use serde_json::{Map, Value};
+    let ollama = matches!(path, "/api/generate" | "/api/chat");
+    let openai = matches!(path, "/v1/chat/completions" | "/v1/completions");
+    if !ollama && !openai {
+        return None;
+    }
+    let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(body) else {
+        return None;
+    };
+    let cap = remaining.min(i64::MAX as u64) as i64;
+    // Sets `key` to at most `cap`; true when that changed something.
+    fn capped(map: &mut Map<String, Value>, key: &str, cap: i64, always: bool) -> bool {
+        let spellings: Vec<String> = map
+            .keys()
+            .filter(|k| k.eq_ignore_ascii_case(key))
+            .cloned()
+            .collect();
+        let current = spellings
+            .iter()
+            .filter_map(|k| map.get(k))
+            .filter_map(Value::as_i64)
+            .last();
+        // Ollama reads num_predict -1 (or -2) as "no limit".
+        let within = current.is_some_and(|n| n > 0 && n <= cap);
+        if within && spellings.len() == 1 && spellings[0] == key {
+            return false;
+        }
+        if spellings.is_empty() && !always {
+            return false;
+        }
+        for k in &spellings {
+            map.remove(k);
+        }
+        map.insert(
+            key.into(),
+            Value::from(if within { current.unwrap_or(cap) } else { cap }),
+        );
+        true
+    }
+    let changed = if ollama {
+        let spellings: Vec<String> = doc
+            .keys()
+            .filter(|k| k.eq_ignore_ascii_case("options"))
+            .cloned()
+            .collect();
+        let mut options = Map::new();
+        for k in &spellings {
+            if let Some(Value::Object(o)) = doc.remove(k) {
+                options.extend(o);
+            }
+        }
+        capped(&mut options, "num_predict", cap, true);
+        doc.insert("options".into(), Value::Object(options));
+        true
+    } else {
+        let a = capped(&mut doc, "max_tokens", cap, true);
+        let b = capped(&mut doc, "max_completion_tokens", cap, false);
+        a || b
+    };
+    changed.then(|| Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()))
+}
+
 /// Every model a JSON body names at its top level, read as Ollama will read it: Go's
 /// decoder matches keys regardless of case and, of duplicates, keeps the last non-null
 /// one, so each is returned (the last is the one used). `Err` when serde cannot read the
@@ -143,6 +213,54 @@ pub fn models_of(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generation_is_capped_to_the_budget() {
+        let cap = |b: &str, path: &str| {
+            cap_generation(b.as_bytes(), path, 100)
+                .map(|b| serde_json::from_slice::<serde_json::Value>(&b).expect("json"))
+        };
+        let v = cap(
+            r#"{"model":"m","options":{"num_predict":5000,"temperature":1}}"#,
+            "/api/chat",
+        )
+        .expect("capped");
+        assert_eq!(v["options"]["num_predict"], 100);
+        assert_eq!(v["options"]["temperature"], 1);
+        let v = cap(
+            r#"{"model":"m","Options":{"NUM_PREDICT":-1}}"#,
+            "/api/generate",
+        )
+        .expect("capped");
+        assert_eq!(v["options"], serde_json::json!({"num_predict": 100}));
+        let v = cap(r#"{"model":"m"}"#, "/api/generate").expect("capped");
+        assert_eq!(v["options"]["num_predict"], 100);
+        let v =
+            cap(r#"{"model":"m","options":{"num_predict":7}}"#, "/api/chat").expect("canonical");
+        assert_eq!(v["options"]["num_predict"], 7, "a smaller limit is kept");
+        let v = cap(
+            r#"{"model":"m","max_tokens":30000,"Max_Tokens":1}"#,
+            "/v1/chat/completions",
+        )
+        .expect("capped");
+        assert_eq!(v["max_tokens"], 100);
+        assert!(v.get("Max_Tokens").is_none());
+        let v = cap(
+            r#"{"model":"m","max_completion_tokens":900}"#,
+            "/v1/chat/completions",
+        )
+        .expect("capped");
+        assert_eq!(
+            (v["max_tokens"].clone(), v["max_completion_tokens"].clone()),
+            (100.into(), 100.into())
+        );
+        assert_eq!(
+            cap(r#"{"model":"m","max_tokens":50}"#, "/v1/completions"),
+            None
+        );
+        assert_eq!(cap(r#"{"model":"m"}"#, "/api/embed"), None);
+        assert_eq!(cap("[1]", "/api/chat"), None);
+    }
 
     #[test]
     fn models_are_read_as_go_reads_them() {

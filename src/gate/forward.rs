@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header;
+use hyper::header::{self, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, Uri};
 
@@ -20,6 +20,7 @@ use super::route::Route;
 use super::stream::{Accounting, Tapped};
 use super::upstream::{Lease, Upstream, UpstreamError};
 use super::{State, authz, body, headers};
+use crate::store::usage::DAY;
 
 /// The largest `/api/tags` or `/v1/models` answer filtered for a caller.
 const MAX_LIST_BODY: usize = 16 << 20;
@@ -39,20 +40,47 @@ pub async fn forward(
     if declared.is_some_and(|n| n > max) {
         return Err(GateError::BodyTooLarge(max));
     }
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
     let filter = principal.models.as_ref();
+    if filter.is_some() {
+        // Ollama also reads a `model` from the query (`FormValue`).
+        let models = query_models(parts.uri.query())
+            .ok_or_else(|| GateError::BadRequest("Malformed query string".into()))?;
+        authz::check_models(state, principal, &models)?;
+    }
+    let quota = principal.limits.tokens_per_day;
     let has_body = !matches!(parts.method, Method::GET | Method::HEAD) || declared.is_some();
-    // The body is read whole only when it must be looked at (the model allow-list) or
-    // its size is not declared; otherwise it streams through as it arrives.
-    let must_read = has_body && (filter.is_some() || declared.is_none());
+    // The body is read whole only when it must be looked at (the model allow-list, a
+    // daily token quota to cap generation to) or its size is not declared; otherwise it
+    // streams through as it arrives.
+    let must_read = has_body && (filter.is_some() || quota.is_some() || declared.is_none());
+    let mut request_bytes = declared.unwrap_or(0);
     let (up_body, model) = if must_read {
         let bytes = body::read(incoming, max).await?;
+        request_bytes = bytes.len() as u64;
         let models = body::models_of(&bytes);
-        if filter.is_some() && models.is_err() {
+        // With an allow-list, a body must be one the gate can read the model of: a
+        // multipart or form body (whose `model` field Ollama reads too) is refused.
+        let opaque =
+            !bytes.trim_ascii_start().is_empty() && !bytes.trim_ascii_start().starts_with(b"{");
+        if filter.is_some() && (models.is_err() || opaque) {
             return Err(GateError::NotJson);
         }
         let mut models = models.unwrap_or_default();
         authz::check_models(state, principal, &models)?;
+        let mut bytes = bytes;
+        if let Some(limit) = quota {
+            let used = principal
+                .state
+                .tokens_on(crate::store::now().div_euclid(DAY));
+            let remaining = limit.saturating_sub(used).max(1);
+            if let Some(capped) = body::cap_generation(&bytes, parts.uri.path(), remaining) {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(capped.len()));
+                bytes = capped;
+            }
+        }
         (respond::full(bytes), models.pop())
     } else {
         (incoming.map_err(Into::into).boxed(), None)
@@ -74,6 +102,7 @@ pub async fn forward(
         state: state.clone(),
         admitted,
         model,
+        request_bytes,
     };
     let filter_list = route == Route::Models && head.status.is_success();
     if filter_list && accounting.admitted.caller().models.is_some() {
@@ -82,6 +111,23 @@ pub async fn forward(
     let scan = head.status.is_success() && route == Route::Proxy;
     let body = Tapped::new(upstream_body, scan, lease, accounting);
     Ok(Response::from_parts(head, body.boxed()))
+}
+
+/// The `model` values of a query string (any case of the key, as Go's `FormValue`
+/// reads the exact key and clients may vary; every spelling is checked).
+/// `None` for a query that cannot be read, which is refused rather than guessed at.
+fn query_models(query: Option<&str>) -> Option<Vec<String>> {
+    let Some(q) = query else {
+        return Some(Vec::new());
+    };
+    let pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok()?;
+    Some(
+        pairs
+            .into_iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("model"))
+            .map(|(_, v)| v)
+            .collect(),
+    )
 }
 
 /// Builds the upstream request from the client's `parts` with `body`. The target is

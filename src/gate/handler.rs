@@ -100,7 +100,17 @@ async fn dispatch(
             return admin::handle(state, &principal, ip, req).await;
         }
         Route::Management => authz::require_admin(&principal)?,
+        Route::Model => {
+            // `/v1/models/{id}`: the id is the model (percent-escapes as Ollama reads them).
+            let id = req.uri().path().trim_start_matches("/v1/models/");
+            let id = route::percent_decoded(id).unwrap_or_default();
+            authz::check_models(state, &principal, &[id.into_owned()])?;
+        }
         _ => {}
+    }
+    if matches!(route, Route::Models | Route::Model | Route::Info) {
+        let admitted = limits::unmetered(principal);
+        return forward::forward(state, peer.ip(), https, req, route, admitted).await;
     }
     let admitted = limits::admit(principal).map_err(|rejection| {
         state

@@ -10,6 +10,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use super::upstream::Upstream;
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -96,6 +97,7 @@ pub fn upstream_headers(
         n == X_API_KEY
             || n == header::AUTHORIZATION
             || n == header::FORWARDED
+            || n == X_REAL_IP
             || n.as_str().starts_with("x-forwarded-")
     });
     if let Some(v) = chain {
@@ -184,6 +186,7 @@ mod tests {
         h.insert("x-custom", HeaderValue::from_static("1"));
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-forwarded-host", HeaderValue::from_static("evil"));
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
         h.insert("host", HeaderValue::from_static("gate.example"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
         let mut out = h;
@@ -199,6 +202,7 @@ mod tests {
         assert!(out.get("x-custom").is_none());
         assert!(out.get("connection").is_none());
         assert!(out.get("x-forwarded-host").is_none());
+        assert!(out.get("x-real-ip").is_none());
         assert_eq!(out["x-forwarded-for"], "10.0.0.1");
         assert_eq!(out["host"], "127.0.0.1:11434");
         assert_eq!(out["content-type"], "application/json");

@@ -97,6 +97,16 @@ impl<P: Budgeted> Drop for Admitted<P> {
     }
 }
 
+/// Admits a request outside every limit (model lists, version, show: what a client
+/// such as Open WebUI asks on every page load, and which must keep working when the
+/// caller's budget is spent so that the budget's own message reaches the chat).
+pub fn unmetered<P: Budgeted>(caller: Arc<P>) -> Admitted<P> {
+    Admitted {
+        caller,
+        slot: false,
+    }
+}
+
 fn millis() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::error::GateError;
 use super::respond::{self, Body};
 use super::{State, body, failure};
-use crate::auth::jwt::Claims;
+use crate::auth::jwt::{self, Claims};
 use crate::auth::password;
 use crate::store::{now, users};
 
@@ -74,16 +74,16 @@ pub async fn handle(
         };
         let ok = password::verify(&form.password, hash);
         Ok::<_, crate::store::StoreError>(match user {
-            Some(u) if ok && !u.disabled => Some(u.clone()),
+            Some(u) if ok && !u.disabled => Some((u.clone(), jwt::fingerprint(hash))),
             _ => None,
         })
     })
     .await;
-    let user: Option<users::User> = match checked {
+    let user: Option<(users::User, String)> = match checked {
         Ok(Ok(u)) => u,
         _ => return Err(GateError::Unavailable("Credential store unavailable")),
     };
-    let Some(user) = user else {
+    let Some((user, fp)) = user else {
         guard.failed(&form.username);
         failure::record(
             state,
@@ -103,6 +103,7 @@ pub async fn handle(
         exp: iat + ttl,
         iat,
         ver: user.token_version,
+        fp,
     };
     let token = keys.issue(&claims).map_err(|e| {
         tracing::error!("signing a token failed: {e}");

@@ -12,8 +12,14 @@ pub enum Route {
     Admin,
     /// Ollama's model management: admin tier only.
     Management,
-    /// `GET /api/tags`, `GET /v1/models`: filtered to the caller's models.
+    /// `/api/tags`, `/v1/models`, `GET /api/ps`: filtered to the caller's models; they
+    /// neither spend nor wait for the caller's budget.
     Models,
+    /// `GET /v1/models/{id}`: answered only for a model the caller may use.
+    Model,
+    /// `/`, `/api/version`, `/api/show`: about the server or a model, not generation;
+    /// outside the budget too.
+    Info,
     /// Everything else, forwarded after authentication.
     Proxy,
 }
@@ -27,6 +33,8 @@ impl Route {
             Route::Admin => "admin",
             Route::Management => "management",
             Route::Models => "models",
+            Route::Model => "model",
+            Route::Info => "info",
             Route::Proxy => "proxy",
         }
     }
@@ -52,7 +60,13 @@ pub fn classify(method: &Method, path: &str) -> Option<Route> {
         // admin may act as the server.
         "/api/signin" | "/api/signout" | "/api/me" => Route::Management,
         p if p.starts_with("/api/user/") => Route::Management,
-        "/api/tags" | "/v1/models" if method == Method::GET => Route::Models,
+        // Ollama's experimental routes (web search and fetch) act as the server's
+        // ollama.com account too.
+        p if p.starts_with("/api/experimental/") || p == "/api/experimental" => Route::Management,
+        "/api/tags" | "/v1/models" => Route::Models,
+        "/api/ps" if method == Method::GET => Route::Models,
+        p if p.starts_with("/v1/models/") && method == Method::GET => Route::Model,
+        "/" | "/api/version" | "/api/show" => Route::Info,
         p if p == "/admin" || p.starts_with("/admin/") => Route::Admin,
         p if p.starts_with("/api/blobs/") || p == "/api/blobs" => Route::Management,
         _ => Route::Proxy,
@@ -96,7 +110,7 @@ fn plain_path(path: &[u8]) -> bool {
 
 /// `path` with its `%XX` escapes decoded (bytes that are not UTF-8 replaced, as no route
 /// has any), or `None` for a malformed escape, which Ollama refuses too.
-fn percent_decoded(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+pub fn percent_decoded(path: &str) -> Option<std::borrow::Cow<'_, str>> {
     if !path.contains('%') {
         return Some(std::borrow::Cow::Borrowed(path));
     }
@@ -146,6 +160,13 @@ mod tests {
             Some(Route::Management)
         );
         assert_eq!(classify(&Method::GET, "/api/tags"), Some(Route::Models));
+        assert_eq!(classify(&Method::POST, "/api/tags"), Some(Route::Models));
+        assert_eq!(classify(&Method::GET, "/api/ps"), Some(Route::Models));
+        assert_eq!(classify(&Method::GET, "/v1/models/x"), Some(Route::Model));
+        assert_eq!(
+            classify(&Method::POST, "/api/experimental/web_search"),
+            Some(Route::Management)
+        );
         assert_eq!(
             classify(&Method::POST, "/api/signout"),
             Some(Route::Management)

@@ -16,7 +16,7 @@ use super::State;
 use super::authn::Principal;
 use super::limits::{self, Admitted};
 use super::respond::BoxError;
-use super::tap::Scanner;
+use super::tap::{Scanner, Seen};
 use super::upstream::Lease;
 use crate::store::usage::Counts;
 
@@ -27,11 +27,28 @@ pub struct Accounting {
     pub admitted: Admitted<Principal>,
     /// The model the request named, if it was read.
     pub model: Option<String>,
+    /// The request body's length, for a prompt the upstream does not count.
+    pub request_bytes: u64,
 }
+
+/// Bytes of a prompt counted as one token when the upstream reports no counts: about
+/// what a tokenizer makes of English text.
+const BYTES_PER_TOKEN: u64 = 4;
 
 impl Accounting {
     fn finish(self, scanner: Option<Scanner>) {
-        let seen = scanner.map(Scanner::finish).unwrap_or_default();
+        let mut seen = Seen::default();
+        if let Some(sc) = scanner {
+            let (reported, delivered) = (sc.reported(), sc.delivered());
+            seen = sc.finish();
+            // No count came (an OpenAI stream without `include_usage`, a server that
+            // never reports one, a client that left): count what was delivered, one
+            // token a chunk, and the prompt by its size.
+            if !reported && delivered > 0 {
+                seen.completion_tokens = delivered;
+                seen.prompt_tokens = self.request_bytes.div_ceil(BYTES_PER_TOKEN);
+            }
+        }
         let p = self.admitted.caller();
         let tokens = seen.prompt_tokens + seen.completion_tokens;
         if tokens > 0 {

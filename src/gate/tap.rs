@@ -56,6 +56,8 @@ pub struct Seen {
 #[derive(Debug, Default)]
 pub struct Scanner {
     carry: Vec<u8>,
+    /// Records delivered: NDJSON lines, or SSE `data:` events.
+    records: Records,
     ollama_prompt: Option<u64>,
     ollama_eval: Option<u64>,
     openai_prompt: Option<u64>,
@@ -80,6 +82,7 @@ impl Scanner {
     /// Feeds the chunk that ends the response: nothing is kept for a next one (most
     /// answers that are not streamed come in one chunk).
     pub fn feed_last(&mut self, chunk: &[u8]) {
+        self.records.feed(chunk);
         if !self.carry.is_empty() {
             // Fields cut by the chunk boundary: scan the stream's last bytes joined to
             // the head of this chunk. Fields found whole in either part are found again
@@ -92,6 +95,23 @@ impl Scanner {
             self.carry = joined;
         }
         self.scan(chunk);
+    }
+
+    /// Whether the upstream reported any token count (Ollama's or OpenAI's).
+    pub fn reported(&self) -> bool {
+        self.ollama_prompt.is_some()
+            || self.ollama_eval.is_some()
+            || self.openai_prompt.is_some()
+            || self.openai_completion.is_some()
+    }
+
+    /// The content chunks delivered so far: one per NDJSON line but the final one, or
+    /// per SSE `data:` event but `[DONE]`. For a server that streams one token a chunk
+    /// (Ollama, llama.cpp) this is the number of tokens generated, which the gate counts
+    /// when the upstream reports none (an OpenAI stream without `include_usage`, a
+    /// server that never reports, a client that left mid-stream).
+    pub fn delivered(&self) -> u64 {
+        self.records.count.saturating_sub(1)
     }
 
     /// What was seen, once the response has ended. Ollama's counts win over OpenAI's
@@ -137,6 +157,69 @@ impl Scanner {
         {
             self.model = Some(m);
         }
+    }
+}
+
+/// Counts records across chunk boundaries: newlines for NDJSON, `data:` at a line
+/// start for SSE, told apart by the stream's first bytes.
+#[derive(Debug, Default)]
+struct Records {
+    /// `None` until the first non-blank byte decides: `Some(true)` for SSE.
+    sse: Option<bool>,
+    count: u64,
+    /// For SSE: how many bytes of `\ndata:` the stream ends with (a match cut in two).
+    partial: usize,
+}
+
+const SSE_EVENT: &[u8] = b"\ndata:";
+
+impl Records {
+    fn feed(&mut self, chunk: &[u8]) {
+        let sse = match self.sse {
+            Some(s) => s,
+            None => {
+                let Some(start) = chunk.iter().position(|b| !b.is_ascii_whitespace()) else {
+                    return;
+                };
+                let head = &chunk[start..];
+                let sse =
+                    head.starts_with(b"data:") || (head.len() < 5 && b"data:".starts_with(head));
+                self.sse = Some(sse);
+                if sse {
+                    // The first event has no newline before it.
+                    self.count += 1;
+                }
+                sse
+            }
+        };
+        if !sse {
+            self.count += memchr::memchr_iter(b'\n', chunk).count() as u64;
+            return;
+        }
+        // A match cut by the previous boundary: finish it byte by byte.
+        let mut i = 0;
+        while self.partial > 0 && i < chunk.len() {
+            if chunk[i] != SSE_EVENT[self.partial] {
+                self.partial = 0;
+                break;
+            }
+            self.partial += 1;
+            i += 1;
+            if self.partial == SSE_EVENT.len() {
+                self.count += 1;
+                self.partial = 0;
+            }
+        }
+        if self.partial > 0 {
+            return; // the whole chunk continued the cut match
+        }
+        let rest = &chunk[i..];
+        self.count += memchr::memmem::find_iter(rest, SSE_EVENT).count() as u64;
+        // The longest tail of `rest` that begins `\ndata:`.
+        self.partial = (1..SSE_EVENT.len())
+            .rev()
+            .find(|&n| rest.ends_with(&SSE_EVENT[..n]))
+            .unwrap_or(0);
     }
 }
 
@@ -291,6 +374,30 @@ mod tests {
             );
             assert_eq!(seen.completion_tokens, 5, "cut at {cut}");
         }
+    }
+
+    /// Delivered chunks are counted exactly however the stream is cut: Ollama's NDJSON
+    /// lines but the final one, OpenAI SSE events but `[DONE]`.
+    #[test]
+    fn delivered_chunks_at_any_split() {
+        let ndjson = "{\"response\":\"a\",\"done\":false}\n".repeat(7) + "{\"done\":true}\n";
+        let sse = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\r\n\r\n".repeat(9)
+            + "data: [DONE]\r\n\r\n";
+        for (body, want) in [(ndjson.as_str(), 7), (sse.as_str(), 9)] {
+            for n in 1..body.len() {
+                let mut sc = Scanner::default();
+                for piece in body.as_bytes().chunks(n) {
+                    sc.feed(piece);
+                }
+                assert_eq!(sc.delivered(), want, "split every {n}");
+                assert!(!sc.reported());
+            }
+        }
+        // A client that left after 4 of 7 lines is charged 3: the margin is one token.
+        let line = ndjson.find('\n').expect("a line") + 1;
+        let mut sc = Scanner::default();
+        sc.feed(&ndjson.as_bytes()[..4 * line]);
+        assert_eq!(sc.delivered(), 3);
     }
 
     #[test]

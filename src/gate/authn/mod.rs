@@ -97,12 +97,12 @@ pub async fn authenticate(
         if cred.len() > MAX_TOKEN {
             return Err(AuthError::InvalidToken);
         }
-        let (cached, sub, ver) = verifier.check_token(cred)?;
+        let (cached, claims) = verifier.check_token(cred)?;
         if let Some(p) = cached {
             return Ok(p);
         }
         let verifier = verifier.clone();
-        return tokio::task::spawn_blocking(move || verifier.load_user(&sub, ver))
+        return tokio::task::spawn_blocking(move || verifier.load_user(&claims))
             .await
             .map_err(|_| AuthError::Unavailable)?;
     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::AuthError;
+use crate::auth::jwt::{self, Claims};
 use crate::gate::limits::{Budgeted, LimitState, Limits};
 use crate::gate::models::ModelFilter;
 use crate::store::keys::AuthRow;
@@ -32,6 +33,9 @@ pub struct Principal {
     pub refused: bool,
     /// The JWT token version this principal accepts (users only).
     pub token_version: i64,
+    /// The fingerprint of the user's password hash its tokens must carry (users only):
+    /// a user removed and added again has a new hash, so their old tokens fail.
+    pub token_fp: String,
     /// Live counters for the limits; carried over when the entry is refreshed.
     pub state: Arc<LimitState>,
 }
@@ -72,6 +76,7 @@ pub fn resolve(row: &AuthRow, tiers: &HashMap<String, Tier>, state: Arc<LimitSta
         // A key whose tier vanished is refused rather than given unknown limits.
         refused: k.revoked_at.is_some() || row.user_disabled || tier.is_none(),
         token_version: 0,
+        token_fp: String::new(),
         state,
     }
 }
@@ -79,6 +84,7 @@ pub fn resolve(row: &AuthRow, tiers: &HashMap<String, Tier>, state: Arc<LimitSta
 /// The principal of a logged-in user: the tier's limits.
 pub fn resolve_user(
     u: &users::User,
+    password_hash: &str,
     tiers: &HashMap<String, Tier>,
     state: Arc<LimitState>,
 ) -> Principal {
@@ -98,6 +104,7 @@ pub fn resolve_user(
         expires_at: None,
         refused: u.disabled || tier.is_none(),
         token_version: u.token_version,
+        token_fp: jwt::fingerprint(password_hash),
         state,
     }
 }
@@ -113,9 +120,9 @@ pub fn judge(p: &Arc<Principal>) -> Result<Arc<Principal>, AuthError> {
     Ok(p.clone())
 }
 
-/// `p` if a token of version `ver` is still good for it.
-pub fn judge_user(p: &Arc<Principal>, ver: i64) -> Result<Arc<Principal>, AuthError> {
-    if p.refused || p.token_version != ver {
+/// `p` if a token with `claims` is still good for it.
+pub fn judge_user(p: &Arc<Principal>, claims: &Claims) -> Result<Arc<Principal>, AuthError> {
+    if p.refused || p.token_version != claims.ver || p.token_fp != claims.fp {
         return Err(AuthError::InvalidToken);
     }
     Ok(p.clone())

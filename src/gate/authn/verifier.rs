@@ -11,7 +11,7 @@ use rusqlite::Connection;
 
 use super::AuthError;
 use super::principal::{Principal, judge, judge_user, resolve, resolve_user};
-use crate::auth::jwt::{JwtKeys, TokenError};
+use crate::auth::jwt::{Claims, JwtKeys, TokenError};
 use crate::auth::key::{self, KeyHash};
 use crate::gate::limits::LimitState;
 use crate::store::keys;
@@ -25,9 +25,30 @@ const MAX_ENTRIES: usize = 50_000;
 /// query; kept apart so that a flood of them cannot push out the known keys.
 const MAX_UNKNOWN: usize = 10_000;
 
-fn seeded_state(conn: &Connection, key_id: i64, user: &str) -> StoreResult<Arc<LimitState>> {
+/// Whose budget a credential spends: a user's (all of their keys and tokens share one),
+/// or a key's own when it has no user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Owner {
+    User(String),
+    Key(i64),
+}
+
+impl Owner {
+    fn of_key(row: &keys::AuthRow) -> Owner {
+        match &row.key.user {
+            Some(u) => Owner::User(u.clone()),
+            None => Owner::Key(row.key.id),
+        }
+    }
+}
+
+/// Fresh counters for `owner`, with today's tokens from the usage table.
+fn seeded(conn: &Connection, owner: &Owner) -> StoreResult<Arc<LimitState>> {
     let day = now().div_euclid(usage::DAY);
-    let used = usage::tokens_on(conn, day, key_id, user)?;
+    let used = match owner {
+        Owner::User(u) => usage::tokens_on(conn, day, 0, u)?,
+        Owner::Key(id) => usage::tokens_on(conn, day, *id, "")?,
+    };
     Ok(Arc::new(LimitState::with_tokens(day, used)))
 }
 
@@ -40,7 +61,20 @@ struct Cache {
     keys: foldhash::HashMap<KeyHash, Arc<Principal>>,
     unknown: foldhash::HashSet<KeyHash>,
     users: foldhash::HashMap<String, Arc<Principal>>,
+    /// The live counters of every budget seen, shared by its credentials' principals.
+    budgets: foldhash::HashMap<Owner, Arc<LimitState>>,
     tiers: HashMap<String, Tier>,
+}
+
+impl Cache {
+    /// The counters of `owner`: those already shared, else `seeded`.
+    fn budget(&mut self, owner: Owner, seeded: Arc<LimitState>) -> Arc<LimitState> {
+        if self.budgets.len() >= MAX_ENTRIES && !self.budgets.contains_key(&owner) {
+            // Principals keep their counters; only new ones start from the table.
+            self.budgets.clear();
+        }
+        self.budgets.entry(owner).or_insert(seeded).clone()
+    }
 }
 
 /// Verifies credentials against the cache, falling back to the database on a miss.
@@ -107,8 +141,9 @@ impl Verifier {
                 let row = keys::find_by_hash(conn, &hash)?;
                 match row {
                     Some(row) => {
-                        let state = seeded_state(conn, row.key.id, "")?;
-                        Ok(Some((row, state)))
+                        let owner = Owner::of_key(&row);
+                        let state = seeded(conn, &owner)?;
+                        Ok(Some((row, owner, state)))
                     }
                     None => Ok(None),
                 }
@@ -121,7 +156,7 @@ impl Verifier {
         // A refresh that ran during the query may have made the answer stale: then it
         // serves this request but is not cached.
         let fresh = self.generation.load(Ordering::Acquire) == generation;
-        let Some((row, state)) = found else {
+        let Some((row, owner, state)) = found else {
             if fresh {
                 if cache.unknown.len() >= MAX_UNKNOWN {
                     cache.unknown.clear();
@@ -134,6 +169,7 @@ impl Verifier {
         if let Some(existing) = cache.keys.get(&hash) {
             return judge(existing);
         }
+        let state = cache.budget(owner, state);
         let principal = Arc::new(resolve(&row, &cache.tiers, state));
         if fresh {
             if cache.keys.len() >= MAX_ENTRIES {
@@ -146,10 +182,7 @@ impl Verifier {
 
     /// Checks a JWT: signature, algorithm and expiry with no I/O, then the user from the
     /// cache. `Ok(None)` means the user must be loaded ([`Verifier::load_user`]).
-    pub fn check_token(
-        &self,
-        token: &str,
-    ) -> Result<(Option<Arc<Principal>>, String, i64), AuthError> {
+    pub fn check_token(&self, token: &str) -> Result<(Option<Arc<Principal>>, Claims), AuthError> {
         let keys = self.jwt.as_ref().ok_or(AuthError::InvalidToken)?;
         let claims = keys.verify(token).map_err(|e| match e {
             TokenError::Expired => AuthError::ExpiredToken,
@@ -157,20 +190,22 @@ impl Verifier {
         })?;
         let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
         let p = match cache.users.get(&claims.sub) {
-            Some(p) => Some(judge_user(p, claims.ver)?),
+            Some(p) => Some(judge_user(p, &claims)?),
             None => None,
         };
-        Ok((p, claims.sub, claims.ver))
+        Ok((p, claims))
     }
 
     /// Loads a user for a verified token and caches it. Blocking.
-    pub fn load_user(&self, name: &str, ver: i64) -> Result<Arc<Principal>, AuthError> {
+    pub fn load_user(&self, claims: &Claims) -> Result<Arc<Principal>, AuthError> {
+        let name = claims.sub.as_str();
         let generation = self.generation.load(Ordering::Acquire);
         let found = self
-            .with_reader(|conn| match users::find(conn, name)? {
-                Some(u) => {
-                    let state = seeded_state(conn, 0, &u.username)?;
-                    Ok(Some((u, state)))
+            .with_reader(|conn| match users::credentials(conn, name)? {
+                Some((u, hash)) => {
+                    let owner = Owner::User(u.username.clone());
+                    let state = seeded(conn, &owner)?;
+                    Ok(Some((u, hash, owner, state)))
                 }
                 None => Ok(None),
             })
@@ -180,20 +215,21 @@ impl Verifier {
             })?;
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         let fresh = self.generation.load(Ordering::Acquire) == generation;
-        let Some((user, state)) = found else {
+        let Some((user, hash, owner, state)) = found else {
             return Err(AuthError::InvalidToken);
         };
         if let Some(existing) = cache.users.get(name) {
-            return judge_user(existing, ver);
+            return judge_user(existing, claims);
         }
-        let principal = Arc::new(resolve_user(&user, &cache.tiers, state));
+        let state = cache.budget(owner, state);
+        let principal = Arc::new(resolve_user(&user, &hash, &cache.tiers, state));
         if fresh {
             if cache.users.len() >= MAX_ENTRIES {
                 cache.users.clear();
             }
             cache.users.insert(name.to_string(), principal.clone());
         }
-        judge_user(&principal, ver)
+        judge_user(&principal, claims)
     }
 
     /// A user and their password hash, for a login. Blocking.
@@ -206,7 +242,7 @@ impl Verifier {
     pub fn refresh(&self, conn: &Connection) -> StoreResult<()> {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let tiers = load_tiers(conn)?;
-        let (key_ids, user_names) = {
+        let (key_ids, user_names, budgets) = {
             let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
             let ids: Vec<(KeyHash, i64, Arc<LimitState>)> = cache
                 .keys
@@ -218,7 +254,7 @@ impl Verifier {
                 .iter()
                 .map(|(n, p)| (n.clone(), p.state.clone()))
                 .collect();
-            (ids, names)
+            (ids, names, cache.budgets.clone())
         };
         let seen_keys: std::collections::HashSet<KeyHash> = key_ids.iter().map(|k| k.0).collect();
         let seen_users: std::collections::HashSet<String> =
@@ -227,14 +263,16 @@ impl Verifier {
             foldhash::HashMap::with_capacity_and_hasher(key_ids.len(), Default::default());
         for (hash, id, state) in key_ids {
             if let Some(row) = keys::find_by_id(conn, id)? {
+                // A key given to another user spends that user's budget from now on.
+                let state = budgets.get(&Owner::of_key(&row)).cloned().unwrap_or(state);
                 keys_out.insert(hash, Arc::new(resolve(&row, &tiers, state)));
             }
         }
         let mut users_out =
             foldhash::HashMap::with_capacity_and_hasher(user_names.len(), Default::default());
         for (name, state) in user_names {
-            if let Some(u) = users::find(conn, &name)? {
-                users_out.insert(name, Arc::new(resolve_user(&u, &tiers, state)));
+            if let Some((u, hash)) = users::credentials(conn, &name)? {
+                users_out.insert(name, Arc::new(resolve_user(&u, &hash, &tiers, state)));
             }
         }
         // Unknown keys may have been created meanwhile, so negative entries go.
