@@ -72,7 +72,7 @@ pub fn cap_generation(body: &[u8], path: &str, remaining: u64) -> Option<Bytes> 
             .iter()
             .filter_map(|k| map.get(k))
             .filter_map(Value::as_i64)
-            .last();
+            .next_back();
         // Ollama reads num_predict -1 (or -2) as "no limit".
         let within = current.is_some_and(|n| n > 0 && n <= cap);
         if within && spellings.len() == 1 && spellings[0] == key {
