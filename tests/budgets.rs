@@ -96,7 +96,7 @@ async fn a_client_that_leaves_mid_stream_is_charged_what_it_got() {
             row["key_id"] == id
                 && row["completion_tokens"]
                     .as_u64()
-                    .is_some_and(|n| n >= 9 && n < 1000)
+                    .is_some_and(|n| (9..1000).contains(&n))
         })
     })
     .await;
