@@ -11,7 +11,7 @@ use crate::cli::{KeyCommand, KeyLimits, KeyOutput};
 use crate::output::{self, opt};
 use crate::store::keys::{self, Key, KeyChange, NewKeyParams, Overrides};
 use crate::store::tiers::{Change, split_models};
-use crate::store::{OpenMode, audit, now, rfc3339};
+use crate::store::{OpenMode, now, rfc3339};
 
 /// Runs a key command.
 pub fn run(db: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
@@ -133,17 +133,7 @@ pub fn run(db: &Path, cmd: KeyCommand) -> anyhow::Result<()> {
                     Some(m) => Change::Set(split_models(m)),
                 },
             };
-            let k = store.write(|tx| {
-                let k = keys::set(tx, id, &change)?;
-                audit::admin_action(
-                    tx,
-                    "key_set",
-                    k.user.as_deref(),
-                    Some(&k.prefix),
-                    format!("id={} by={}", k.id, operator()),
-                )?;
-                Ok(k)
-            })?;
+            let k = store.write(|tx| keys::set_audited(tx, id, &change, &operator()))?;
             if json.json {
                 return output::print_json(&k.shown(None));
             }

@@ -4,9 +4,9 @@ use std::path::Path;
 
 use super::{open, operator};
 use crate::cli::TierCommand;
-use crate::output::{self, opt};
+use crate::output;
 use crate::store::tiers::{self, Tier, TierChange, split_models};
-use crate::store::{OpenMode, audit};
+use crate::store::OpenMode;
 
 /// The columns of a tier table.
 const HEADERS: [&str; 6] = [
@@ -57,26 +57,8 @@ pub fn run(db: &Path, cmd: TierCommand) -> anyhow::Result<()> {
                     None
                 },
             };
-            let (tier, created) = store.write(|tx| {
-                let (tier, created) = tiers::set(tx, &name, &change)?;
-                audit::admin_action(
-                    tx,
-                    "tier_set",
-                    None,
-                    None,
-                    format!(
-                        "tier={} rpm={} concurrency={} tokens_per_day={} models={} admin={} by={}",
-                        tier.name,
-                        opt(tier.rpm),
-                        opt(tier.concurrency),
-                        opt(tier.tokens_per_day),
-                        tier.models.join(","),
-                        tier.admin,
-                        operator()
-                    ),
-                )?;
-                Ok((tier, created))
-            })?;
+            let (tier, created) =
+                store.write(|tx| tiers::set_audited(tx, &name, &change, &operator()))?;
             if json.json {
                 return output::print_json(&tier);
             }

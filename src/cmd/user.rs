@@ -6,7 +6,7 @@ use super::{open, operator};
 use crate::auth::password;
 use crate::cli::UserCommand;
 use crate::output;
-use crate::store::{OpenMode, audit, rfc3339, users};
+use crate::store::{OpenMode, rfc3339, users};
 
 /// Runs a user command.
 pub fn run(db: &Path, cmd: UserCommand) -> anyhow::Result<()> {
@@ -21,17 +21,8 @@ pub fn run(db: &Path, cmd: UserCommand) -> anyhow::Result<()> {
             let secret = output::read_new_password(pw.password_stdin)?;
             let hash = password::hash(&secret)?;
             let mut store = open(db, OpenMode::Create)?;
-            let user = store.write(|tx| {
-                let u = users::add(tx, &name, &hash, &tier)?;
-                audit::admin_action(
-                    tx,
-                    "user_add",
-                    Some(&u.username),
-                    None,
-                    format!("tier={} by={}", u.tier, operator()),
-                )?;
-                Ok(u)
-            })?;
+            let user =
+                store.write(|tx| users::add_audited(tx, &name, &hash, &tier, &operator()))?;
             eprintln!("added user {} (tier {})", user.username, user.tier);
             Ok(())
         }
@@ -59,16 +50,7 @@ pub fn run(db: &Path, cmd: UserCommand) -> anyhow::Result<()> {
             users::get(store.conn(), &name)?;
             let secret = output::read_new_password(pw.password_stdin)?;
             let hash = password::hash(&secret)?;
-            store.write(|tx| {
-                users::set_password(tx, &name, &hash)?;
-                audit::admin_action(
-                    tx,
-                    "user_passwd",
-                    Some(&name),
-                    None,
-                    format!("by={}", operator()),
-                )
-            })?;
+            store.write(|tx| users::set_password_audited(tx, &name, &hash, &operator()))?;
             eprintln!("changed the password of {name}; tokens issued before no longer work");
             Ok(())
         }
@@ -78,32 +60,13 @@ pub fn run(db: &Path, cmd: UserCommand) -> anyhow::Result<()> {
             let mut store = open(db, OpenMode::Existing)?;
             users::get(store.conn(), &name)?;
             output::confirm(&format!("Remove user {name} and revoke their keys?"), yes)?;
-            let revoked = store.write(|tx| {
-                let n = users::remove(tx, &name)?;
-                audit::admin_action(
-                    tx,
-                    "user_remove",
-                    Some(&name),
-                    None,
-                    format!("revoked_keys={n} by={}", operator()),
-                )?;
-                Ok(n)
-            })?;
+            let revoked = store.write(|tx| users::remove_audited(tx, &name, &operator()))?;
             eprintln!("removed user {name}; revoked {revoked} key(s)");
             Ok(())
         }
         UserCommand::SetTier { name, tier } => {
             let mut store = open(db, OpenMode::Existing)?;
-            store.write(|tx| {
-                users::set_tier(tx, &name, &tier)?;
-                audit::admin_action(
-                    tx,
-                    "user_set_tier",
-                    Some(&name),
-                    None,
-                    format!("tier={tier} by={}", operator()),
-                )
-            })?;
+            store.write(|tx| users::set_tier_audited(tx, &name, &tier, &operator()))?;
             eprintln!("user {name} is now in tier {tier}");
             Ok(())
         }
@@ -112,15 +75,7 @@ pub fn run(db: &Path, cmd: UserCommand) -> anyhow::Result<()> {
 
 fn set_disabled(db: &Path, name: &str, disabled: bool) -> anyhow::Result<()> {
     let mut store = open(db, OpenMode::Existing)?;
-    let kind = if disabled {
-        "user_disable"
-    } else {
-        "user_enable"
-    };
-    store.write(|tx| {
-        users::set_disabled(tx, name, disabled)?;
-        audit::admin_action(tx, kind, Some(name), None, format!("by={}", operator()))
-    })?;
+    store.write(|tx| users::set_disabled_audited(tx, name, disabled, &operator()))?;
     eprintln!(
         "{} user {name}",
         if disabled { "disabled" } else { "enabled" }
