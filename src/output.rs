@@ -110,6 +110,49 @@ fn write_plain(out: &mut impl Write, t: &Rows) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Prints `label  value` lines, labels right-aligned to the longest, under an optional
+/// title line: the view of one record (`key show`, `status`).
+pub fn print_fields(title: Option<&str>, fields: &[(&str, String)]) -> anyhow::Result<()> {
+    let width = fields
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if let Some(title) = title {
+        writeln!(out, "{title}")?;
+    }
+    for (label, value) in fields {
+        writeln!(out, "{label:>width$}  {value}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Prints a secret made by aigate (a new key) on a line of its own, for
+/// `KEY=$(aigate key create --quiet)`.
+pub fn print_secret(secret: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{secret}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Prints bytes as they are (a completion script aigate rendered).
+pub fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Writes one status line to standard error: what a command did, for a person reading
+/// along. A closed or failing stderr is ignored; the command's outcome does not hang on
+/// a remark.
+pub fn status(line: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Prints one JSON document.
 pub fn print_json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
