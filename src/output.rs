@@ -156,7 +156,8 @@ pub fn status(line: impl std::fmt::Display) {
 /// Prints one JSON document.
 pub fn print_json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    serde_json::to_writer_pretty(&mut out, v)?;
+    // As an io::Error, so that a closed stdout is seen as one by the caller.
+    serde_json::to_writer_pretty(&mut out, v).map_err(std::io::Error::from)?;
     writeln!(out)?;
     out.flush()?;
     Ok(())

@@ -1600,3 +1600,110 @@ fn a_failed_write_to_stdout_is_one_error_line_not_a_panic() {
         .fails(needle);
     }
 }
+
+/// Runs aigate with `--db` and `args`, its stdout a socket whose other end is already
+/// closed: every write fails with EPIPE at once, as to a pipe whose reader has gone.
+fn run_into_closed_stdout(env: &Env, args: &[&str]) -> Out {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+    drop(ours);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_aigate"))
+        .env_remove("AIGATE_DB")
+        .env_remove("RUST_BACKTRACE")
+        .arg("--db")
+        .arg(&env.db)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::os::fd::OwnedFd::from(theirs))
+        .output()
+        .expect("run aigate");
+    Out {
+        code: o.status.code(),
+        stdout: String::new(),
+        stderr: String::from_utf8(o.stderr).expect("utf-8 stderr"),
+    }
+}
+
+/// Adds `n` valid keys straight through the store, in one transaction.
+fn bulk_keys(env: &Env, n: usize) {
+    use aigate::store::{OpenMode, Store, keys};
+    let mut store = Store::open(&env.db, OpenMode::Existing).expect("open the store");
+    store
+        .write(|tx| {
+            for _ in 0..n {
+                let new = aigate::auth::key::generate().expect("a key");
+                keys::create(tx, &new, &keys::NewKeyParams::default())?;
+            }
+            Ok(())
+        })
+        .expect("bulk keys");
+}
+
+#[test]
+fn a_reader_that_leaves_early_ends_the_command_quietly() {
+    let env = Env::init();
+    bulk_keys(&env, 1_500);
+    // Far more than a pipe holds, so aigate is still writing when the reader leaves.
+    for args in [
+        &["key", "list"][..],
+        &["key", "list", "--json"],
+        &["key", "list", "--all"],
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aigate"))
+            .env_remove("AIGATE_DB")
+            .env("NO_COLOR", "1")
+            .arg("--db")
+            .arg(&env.db)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run aigate");
+        let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut first).expect("read a line");
+        assert!(!first.is_empty(), "{args:?}: no output");
+        drop(reader);
+        let o = child.wait_with_output().expect("wait for aigate");
+        let stderr = String::from_utf8(o.stderr).expect("utf-8 stderr");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {stderr}");
+        assert_eq!(stderr, "", "{args:?}");
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_a_listing_quietly_but_a_new_key_says_to_revoke_it() {
+    let env = Env::init();
+    env.key(&[]);
+    env.ok(&["key", "revoke", "1", "--yes"]);
+    env.conn()
+        .execute(
+            "INSERT INTO usage (day, key_id, user, model, requests) VALUES (?1, 1, '', 'llama3', 1)",
+            [now() / 86_400],
+        )
+        .expect("insert usage");
+    for args in [
+        &["key", "list", "--all"][..],
+        &["key", "list", "--all", "--json"],
+        &["key", "show", "1"],
+        &["key", "show", "1", "--json"],
+        &["audit"],
+        &["audit", "--json"],
+        &["usage"],
+        &["usage", "--json"],
+        &["status"],
+        &["status", "--json"],
+        &["user", "list", "--json"],
+        &["tier", "list"],
+        &["completions", "bash"],
+        &["completions", "zsh"],
+    ] {
+        let out = run_into_closed_stdout(&env, args);
+        assert_eq!(out.code, Some(0), "{args:?}: {out:#?}");
+        assert_eq!(out.stderr, "", "{args:?}: {out:#?}");
+    }
+    // A key nobody saw must be revoked: that stays a failure that names it.
+    run_into_closed_stdout(&env, &["key", "create", "--quiet"]).fails("key 2 was created");
+    run_into_closed_stdout(&env, &["key", "create", "--json"])
+        .fails("revoke it with `aigate key revoke 3`");
+}

@@ -187,16 +187,17 @@ fn overrides(l: &KeyLimits) -> Overrides {
 }
 
 fn print_new(k: &Key, raw: &RawKey, out: &KeyOutput, verb: &str) -> anyhow::Result<()> {
-    // The key is committed by now: a failed write, even to a reader that has gone, must
-    // say which key to revoke.
     let shown = if out.json {
         output::print_json(&k.shown(Some(raw)))
     } else {
         output::print_secret(raw.expose())
     };
-    shown.with_context(|| {
-        format!(
-            "key {id} was {verb} but could not be printed; revoke it with `aigate key revoke {id}`",
+    // The key is committed by now, and nobody has seen it: a failed write is a failure
+    // that says which key to revoke, even when the reader has gone. The cause is kept as
+    // text, so that main does not take it for a quiet broken pipe.
+    shown.map_err(|e| {
+        anyhow::anyhow!(
+            "key {id} was {verb} but could not be printed; revoke it with `aigate key revoke {id}`: {e:#}",
             id = k.id
         )
     })?;
