@@ -105,14 +105,15 @@ impl Out {
     }
 }
 
-/// The binary with a clean environment: no database, log or XDG settings from outside.
+/// The binary with a clean environment: no database, log or XDG settings from outside,
+/// and `tester` as the operator that audit rows name (as sudo names the person behind it).
 fn bin() -> Command {
     let mut c = Command::cargo_bin("aigate").expect("the aigate binary");
-    for var in ["AIGATE_DB", "AIGATE_LOG", "XDG_DATA_HOME", "SUDO_USER"] {
+    for var in ["AIGATE_DB", "AIGATE_LOG", "XDG_DATA_HOME", "USER"] {
         c.env_remove(var);
     }
     c.env("NO_COLOR", "1")
-        .env("USER", "tester")
+        .env("SUDO_USER", "tester")
         .timeout(TIMEOUT);
     c
 }
@@ -1706,4 +1707,58 @@ fn a_closed_stdout_ends_a_listing_quietly_but_a_new_key_says_to_revoke_it() {
     run_into_closed_stdout(&env, &["key", "create", "--quiet"]).fails("key 2 was created");
     run_into_closed_stdout(&env, &["key", "create", "--json"])
         .fails("revoke it with `aigate key revoke 3`");
+}
+
+// ---------------------------------------------------------------- the operator
+
+/// The `detail` of the newest audit row of `kind`.
+fn last_detail(env: &Env, kind: &str) -> String {
+    env.conn()
+        .query_row(
+            "SELECT detail FROM audit WHERE kind = ?1 ORDER BY id DESC LIMIT 1",
+            [kind],
+            |r| r.get(0),
+        )
+        .expect("an audit row")
+}
+
+#[test]
+fn audit_names_the_os_user_when_user_and_sudo_user_are_unset() {
+    let env = Env::init();
+    let id = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .expect("run id -un");
+    assert!(id.status.success(), "{id:?}");
+    let os_user = String::from_utf8(id.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    assert!(!os_user.is_empty());
+
+    // As under cron or systemd: neither variable.
+    let mut c = env.cmd(&["key", "create", "--quiet"]);
+    c.env_remove("USER").env_remove("SUDO_USER");
+    run(c).ok();
+    assert!(
+        last_detail(&env, "key_create").ends_with(&format!(" by={os_user}")),
+        "{}",
+        last_detail(&env, "key_create")
+    );
+
+    // $USER says anything it likes; the uid is what counts.
+    let mut c = env.cmd(&["tier", "set", "free", "--rpm", "7"]);
+    c.env("USER", "someone-else").env_remove("SUDO_USER");
+    run(c).ok();
+    assert!(
+        last_detail(&env, "tier_set").ends_with(&format!(" by={os_user}")),
+        "{}",
+        last_detail(&env, "tier_set")
+    );
+
+    // Behind sudo, the person who ran sudo.
+    let mut c = env.cmd(&["key", "revoke", "1", "--yes"]);
+    c.env("SUDO_USER", "alice");
+    run(c).ok();
+    assert_eq!(last_detail(&env, "key_revoke"), "id=1 by=alice");
 }

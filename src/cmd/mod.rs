@@ -62,9 +62,58 @@ pub(crate) fn open(db: &Path, mode: OpenMode) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// The name of the operator for audit entries of CLI actions.
+/// Who acted, for the `by=` of audit entries of CLI actions: the person behind `sudo`
+/// (`$SUDO_USER`), else the OS user the process runs as. `$USER` is not asked: it is
+/// missing under cron and systemd and can say anything; the uid is what the kernel says.
 pub(crate) fn operator() -> String {
-    std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into())
+    let uid = nix::unistd::Uid::effective();
+    let name = || {
+        nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    };
+    operator_from(std::env::var("SUDO_USER").ok(), uid.as_raw(), name)
+}
+
+/// [`operator`] with its sources passed in; `name` looks the uid up in the user database.
+fn operator_from(
+    sudo_user: Option<String>,
+    uid: u32,
+    name: impl FnOnce() -> Option<String>,
+) -> String {
+    sudo_user
+        .filter(|u| !u.is_empty())
+        .or_else(|| name().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| format!("uid={uid}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_is_sudo_user_then_os_user_then_uid() {
+        let named = || Some("alice".to_string());
+        assert_eq!(operator_from(Some("bob".into()), 0, named), "bob");
+        assert_eq!(operator_from(None, 1000, named), "alice");
+        assert_eq!(operator_from(Some(String::new()), 1000, named), "alice");
+        assert_eq!(operator_from(None, 4242, || None), "uid=4242");
+        assert_eq!(
+            operator_from(None, 4242, || Some(String::new())),
+            "uid=4242"
+        );
+    }
+
+    #[test]
+    fn operator_names_this_process_user() {
+        let uid = nix::unistd::Uid::effective();
+        let expected = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map_or_else(|| format!("uid={uid}"), |u| u.name);
+        if std::env::var_os("SUDO_USER").is_none_or(|v| v.is_empty()) {
+            assert_eq!(operator(), expected);
+        }
+    }
 }
