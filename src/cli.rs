@@ -31,6 +31,113 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses the process's arguments like [`Parser::parse`] (exiting on `--help` or a
+    /// usage error), with the tip of [`Cli::try_parse_with_tips`].
+    pub fn parse_with_tips() -> Cli {
+        Cli::try_parse_with_tips(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Parser::try_parse_from`], plus a "similar subcommand" tip where clap has none.
+    ///
+    /// clap suggests a subcommand whose Jaro similarity to the mistyped one is above 0.7.
+    /// For a three-letter name Jaro only matches letters in the same place, so `kye`
+    /// scores 0.56 against `key` and gets no tip while `key lsit` (0.92 against `list`)
+    /// does. Where clap found nothing, this adds the subcommands of the same level within
+    /// one edit (a swapped pair of letters counts as one) of what was typed.
+    pub fn try_parse_with_tips<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        Cli::try_parse_from(&args).map_err(|e| with_subcommand_tip(e, &args))
+    }
+}
+
+fn with_subcommand_tip(mut err: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if err.kind() != ErrorKind::InvalidSubcommand {
+        return err;
+    }
+    if let Some(ContextValue::Strings(tips)) = err.get(ContextKind::SuggestedSubcommand)
+        && !tips.is_empty()
+    {
+        return err;
+    }
+    let Some(ContextValue::String(typed)) = err.get(ContextKind::InvalidSubcommand) else {
+        return err;
+    };
+    let typed = typed.clone();
+    let mut root = Cli::command();
+    root.build();
+    // Follow the subcommands named before the mistyped one, skipping option values
+    // (`--db key kye` is about the top level).
+    let mut cmd = &root;
+    let mut words = args.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(word) = words.next() {
+        if word == typed {
+            break;
+        }
+        if let Some(long) = word.strip_prefix("--") {
+            let takes_value = !long.contains('=')
+                && cmd
+                    .get_arguments()
+                    .any(|a| a.get_long() == Some(long) && a.get_action().takes_values());
+            if takes_value {
+                words.next();
+            }
+        } else if let Some(sub) = cmd.find_subcommand(word) {
+            cmd = sub;
+        }
+    }
+    let mut near: Vec<(usize, String)> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .flat_map(|s| std::iter::once(s.get_name()).chain(s.get_visible_aliases()))
+        .filter_map(|name| {
+            let d = edit_distance(&typed, name);
+            (d <= 1).then(|| (d, name.to_string()))
+        })
+        .collect();
+    near.sort();
+    if !near.is_empty() {
+        err.insert(
+            ContextKind::SuggestedSubcommand,
+            ContextValue::Strings(near.into_iter().map(|(_, n)| n).collect()),
+        );
+    }
+    err
+}
+
+/// Edits (insert, delete, substitute, swap two neighbours) from `a` to `b`: the optimal
+/// string alignment distance.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -429,6 +536,47 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The subcommands a usage error suggests.
+    fn tips(args: &[&str]) -> Vec<String> {
+        use clap::error::{ContextKind, ContextValue};
+        let argv = std::iter::once("aigate").chain(args.iter().copied());
+        let e = Cli::try_parse_with_tips(argv).expect_err("a usage error");
+        match e.get(ContextKind::SuggestedSubcommand) {
+            Some(ContextValue::Strings(s)) => s.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_mistyped_subcommand_gets_a_tip_at_its_level() {
+        assert_eq!(tips(&["kye"]), ["key"]);
+        assert_eq!(tips(&["ky", "list"]), ["key"]);
+        assert_eq!(tips(&["--db", "key", "kye"]), ["key"]);
+        assert_eq!(tips(&["--db=x.db", "usr", "list"]), ["user"]);
+        assert_eq!(tips(&["user", "ad", "bob"]), ["add"]);
+        assert_eq!(tips(&["key", "st", "1"]), ["set"]);
+        // What clap finds itself stays as it is.
+        assert_eq!(tips(&["key", "lsit"]), ["set", "list"]);
+        assert_eq!(tips(&["stauts"]), ["audit", "status"]);
+        // Nothing near: no tip.
+        assert!(tips(&["frobnicate"]).is_empty());
+        let e = Cli::try_parse_with_tips(["aigate", "kye"]).expect_err("a usage error");
+        assert!(
+            e.to_string()
+                .contains("tip: a similar subcommand exists: 'key'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_a_swap_as_one() {
+        assert_eq!(edit_distance("kye", "key"), 1);
+        assert_eq!(edit_distance("key", "key"), 0);
+        assert_eq!(edit_distance("ky", "key"), 1);
+        assert_eq!(edit_distance("tier", "user"), 2);
+        assert_eq!(edit_distance("", "key"), 3);
     }
 
     fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {

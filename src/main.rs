@@ -5,10 +5,8 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = aigate::cli::Cli::parse();
+    let cli = aigate::cli::Cli::parse_with_tips();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -612,6 +612,29 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn a_mistyped_command_gets_a_similar_subcommand_tip() {
+    let env = Env::init();
+    let cases: &[(&[&str], &str)] = &[
+        (&["kye", "list"], "tip: a similar subcommand exists: 'key'"),
+        (&["usr", "list"], "tip: a similar subcommand exists: 'user'"),
+        (&["stauts"], "'status'"),
+        (&["key", "lsit"], "'list'"),
+        (&["key", "sohw", "1"], "'show'"),
+        (
+            &["user", "ad", "bob"],
+            "tip: a similar subcommand exists: 'add'",
+        ),
+    ];
+    for (args, tip) in cases {
+        let out = env.run(args).usage_error();
+        assert!(out.stderr.contains("unrecognized subcommand"), "{out:#?}");
+        assert!(out.stderr.contains(tip), "{args:?}: {out:#?}");
+    }
+    let out = env.run(&["frobnicate"]).usage_error();
+    assert!(!out.stderr.contains("tip:"), "{out:#?}");
+}
+
+#[test]
 fn help_and_version() {
     let out = run({
         let mut c = bin();
