@@ -1467,9 +1467,83 @@ fn usage_groups_and_nulls() {
         ])
     );
 
+    // Grouped by user, the table has no KEY or MODEL column (see
+    // usage_tables_show_only_the_grouped_columns).
     let out = env.ok(&["usage", "--by", "user"]);
-    for s in ["KEY", "USER", "MODEL", "REQUESTS", "alice", "bob", "1015"] {
+    for s in ["USER", "REQUESTS", "alice", "bob", "1015"] {
         assert!(out.stdout.contains(s), "{s}: {out:#?}");
+    }
+}
+
+#[test]
+fn usage_tables_show_only_the_grouped_columns() {
+    let env = Env::init();
+    let today = now() / 86_400;
+    let conn = env.conn();
+    for (key, user, model, requests) in [(1, "alice", "llama3", 2), (2, "", "qwen", 5)] {
+        conn.execute(
+            "INSERT INTO usage (day, key_id, user, model, requests, prompt_tokens, completion_tokens)
+             VALUES (?1, ?2, ?3, ?4, ?5, 10, 20)",
+            rusqlite::params![today, key, user, model, requests],
+        )
+        .expect("insert usage");
+    }
+    // Each table as words per line: the header (its words) and the rows.
+    let table = |args: &[&str]| -> Vec<Vec<String>> {
+        let mut full = vec!["usage"];
+        full.extend_from_slice(args);
+        env.ok(&full)
+            .stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.contains('─'))
+            .map(|l| l.split_whitespace().map(String::from).collect())
+            .collect()
+    };
+    let counts = ["REQUESTS", "PROMPT", "TOKENS", "COMPLETION", "TOKENS"];
+    let header = |grouped: &[&str]| -> Vec<String> {
+        grouped
+            .iter()
+            .chain(&counts)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let words = |s: &str| -> Vec<String> { s.split(' ').map(String::from).collect() };
+
+    assert_eq!(
+        table(&["--by", "model"]),
+        [
+            header(&["MODEL"]),
+            words("qwen 5 10 20"),
+            words("llama3 2 10 20")
+        ]
+    );
+    assert_eq!(
+        table(&["--by", "key"]),
+        [header(&["KEY"]), words("2 5 10 20"), words("1 2 10 20")]
+    );
+    assert_eq!(
+        table(&["--by", "user"]),
+        [
+            header(&["USER"]),
+            words("- 5 10 20"),
+            words("alice 2 10 20")
+        ]
+    );
+    // Without --by, as before: every column.
+    assert_eq!(
+        table(&[]),
+        [
+            header(&["KEY", "USER", "MODEL"]),
+            words("2 - qwen 5 10 20"),
+            words("1 alice llama3 2 10 20")
+        ]
+    );
+    // JSON keeps every field, null where not grouped by.
+    let v = env.json(&["usage", "--by", "model", "--json"]);
+    for r in array(&v) {
+        assert_fields(r, USAGE_FIELDS);
+        assert_eq!(r["key_id"], Value::Null);
+        assert_eq!(r["user"], Value::Null);
     }
 }
 
