@@ -25,7 +25,8 @@ fn main() -> ExitCode {
         // wanted, so end quietly, as ripgrep does, rather than report an error nobody asked about.
         Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", chain(&e));
+            // Errors may quote what a client chose: escape it like all other output.
+            eprintln!("error: {}", aigate::output::escape(&chain(&e)));
             ExitCode::FAILURE
         }
     }

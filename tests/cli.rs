@@ -1859,3 +1859,91 @@ fn audit_names_the_os_user_when_user_and_sudo_user_are_unset() {
     run(c).ok();
     assert_eq!(last_detail(&env, "key_revoke"), "id=1 by=alice");
 }
+
+// ---------------------------------------------------------------- terminal escapes
+
+/// What a hostile name tries: retitle the window, ring the bell, clear the screen.
+const HOSTILE: &str = "\u{1b}]0;PWNED\u{7}\u{1b}[2J";
+/// How it shows instead.
+const HOSTILE_SHOWN: &str = "\\u{1b}]0;PWNED\\u{7}\\u{1b}[2J";
+
+/// Asserts that `text` carries no control byte (other than newline and the table's
+/// spaces) and no bidirectional formatting character.
+#[track_caller]
+fn assert_terminal_safe(text: &str) {
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        let control = c.is_control() && c != '\n';
+        assert!(!control && !bidi, "{:?} in {text:?}", c);
+    }
+}
+
+#[test]
+fn text_a_client_chose_never_reaches_the_terminal_as_control_characters() {
+    let env = Env::init();
+    let (id, _) = env.key(&["--name", HOSTILE]);
+    let (other, _) = env.key(&["--name", "\u{202e}txt.exe\u{9b}31m\u{7f}"]);
+    let conn = env.conn();
+    conn.execute(
+        "INSERT INTO audit (at, kind, ip, reason, key_prefix, user, detail)
+         VALUES (?1, 'auth_failure', ?2, ?2, 'aig_XXXXXXXX', ?3, ?2)",
+        rusqlite::params![now(), "\u{1b}[31m10.0.0.9", "\u{1b}]0;PWNED\u{0007}"],
+    )
+    .expect("insert audit");
+    conn.execute(
+        "INSERT INTO usage (day, key_id, user, model, requests) VALUES (?1, ?2, ?3, ?4, 1)",
+        rusqlite::params![now() / 86_400, id, "\u{1b}]0;u\u{7}", HOSTILE],
+    )
+    .expect("insert usage");
+
+    let (id_s, other_s) = (id.to_string(), other.to_string());
+    let cases: &[(&[&str], &str)] = &[
+        (&["key", "list"], HOSTILE_SHOWN),
+        (&["key", "list", "--all"], HOSTILE_SHOWN),
+        (&["key", "show", &id_s], HOSTILE_SHOWN),
+        (
+            &["key", "show", &other_s],
+            "\\u{202e}txt.exe\\u{9b}31m\\u{7f}",
+        ),
+        (&["key", "set", &id_s, "--rpm", "3"], HOSTILE_SHOWN),
+        (&["audit"], "\\u{1b}]0;PWNED\\u{7}"),
+        (&["audit"], "\\u{1b}[31m10.0.0.9"),
+        (&["usage"], HOSTILE_SHOWN),
+        (&["usage", "--by", "model"], HOSTILE_SHOWN),
+        (&["usage", "--by", "user"], "\\u{1b}]0;u\\u{7}"),
+    ];
+    for (args, shown) in cases {
+        let out = env.ok(args);
+        assert_terminal_safe(&out.stdout);
+        assert_terminal_safe(&out.stderr);
+        assert!(out.stdout.contains(shown), "{args:?}: {out:#?}");
+    }
+
+    // JSON escapes them too, and still says exactly what is stored.
+    for args in [
+        &["key", "list", "--json"][..],
+        &["audit", "--json"],
+        &["usage", "--json"],
+    ] {
+        let out = env.ok(args);
+        assert_terminal_safe(&out.stdout);
+    }
+    let list = env.json(&["key", "list", "--json"]);
+    assert_eq!(array(&list)[0]["name"], json!(HOSTILE));
+    assert_eq!(
+        array(&list)[1]["name"],
+        json!("\u{202e}txt.exe\u{9b}31m\u{7f}")
+    );
+    let audit = env.json(&["audit", "--json"]);
+    let failure = array(&audit)
+        .iter()
+        .find(|e| e["kind"] == json!("auth_failure"))
+        .expect("the inserted row");
+    assert_eq!(failure["user"], json!("\u{1b}]0;PWNED\u{7}"));
+
+    // The question of a refused confirmation quotes the name; it is escaped there too.
+    let out = env.run(&["key", "revoke", &id.to_string()]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert_terminal_safe(&out.stderr);
+    assert!(out.stderr.contains(HOSTILE_SHOWN), "{out:#?}");
+}
