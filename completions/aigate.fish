@@ -184,7 +184,7 @@ complete -c aigate -n "__fish_aigate_using_subcommand status" -l db -d 'The SQLi
 complete -c aigate -n "__fish_aigate_using_subcommand status" -l json -d 'Print JSON instead of a table'
 complete -c aigate -n "__fish_aigate_using_subcommand status" -s h -l help -d 'Print help'
 complete -c aigate -n "__fish_aigate_using_subcommand status" -s V -l version -d 'Print version'
-complete -c aigate -n "__fish_aigate_using_subcommand serve" -l listen -d 'Address to listen on' -r
+complete -c aigate -n "__fish_aigate_using_subcommand serve" -l listen -d 'Address to listen on (IP:PORT, or HOST:PORT resolved at start)' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l upstream -d 'Ollama\'s URL; repeat (or separate with commas) to spread requests round-robin' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l tls-cert -d 'PEM certificate chain: serve HTTPS (with --tls-key)' -r -F
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l tls-key -d 'PEM private key for --tls-cert' -r -F
@@ -197,7 +197,7 @@ complete -c aigate -n "__fish_aigate_using_subcommand serve" -l response-timeout
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l idle-timeout -d 'Longest silence between two chunks of a streamed response' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l header-timeout -d 'Time a client has to send its request head (slowloris guard)' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l shutdown-timeout -d 'On SIGTERM/SIGINT, how long in-flight requests may take to finish' -r
-complete -c aigate -n "__fish_aigate_using_subcommand serve" -l metrics-listen -d 'Serve Prometheus metrics on this separate address (off by default)' -r
+complete -c aigate -n "__fish_aigate_using_subcommand serve" -l metrics-listen -d 'Serve Prometheus metrics on this separate address, IP:PORT or HOST:PORT (off by default)' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l workers -d 'Worker threads, each with its own listener (SO_REUSEPORT), runtime and upstream connections [default: one per CPU]' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l cors-origin -d 'Answer CORS preflight for this browser origin (repeatable)' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l db -d 'The SQLite database [default: $XDG_DATA_HOME/aigate/aigate.db]' -r -F

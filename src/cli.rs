@@ -1,11 +1,12 @@
 //! The command line, as clap types only. Their doc comments are the help text, and the
 //! single source of `man/` and `completions/`.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::store::tiers::Change;
 use crate::units::{parse_duration, parse_size};
@@ -28,6 +29,113 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments like [`Parser::parse`] (exiting on `--help` or a
+    /// usage error), with the tip of [`Cli::try_parse_with_tips`].
+    pub fn parse_with_tips() -> Cli {
+        Cli::try_parse_with_tips(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Parser::try_parse_from`], plus a "similar subcommand" tip where clap has none.
+    ///
+    /// clap suggests a subcommand whose Jaro similarity to the mistyped one is above 0.7.
+    /// For a three-letter name Jaro only matches letters in the same place, so `kye`
+    /// scores 0.56 against `key` and gets no tip while `key lsit` (0.92 against `list`)
+    /// does. Where clap found nothing, this adds the subcommands of the same level within
+    /// one edit (a swapped pair of letters counts as one) of what was typed.
+    pub fn try_parse_with_tips<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        Cli::try_parse_from(&args).map_err(|e| with_subcommand_tip(e, &args))
+    }
+}
+
+fn with_subcommand_tip(mut err: clap::Error, args: &[std::ffi::OsString]) -> clap::Error {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if err.kind() != ErrorKind::InvalidSubcommand {
+        return err;
+    }
+    if let Some(ContextValue::Strings(tips)) = err.get(ContextKind::SuggestedSubcommand)
+        && !tips.is_empty()
+    {
+        return err;
+    }
+    let Some(ContextValue::String(typed)) = err.get(ContextKind::InvalidSubcommand) else {
+        return err;
+    };
+    let typed = typed.clone();
+    let mut root = Cli::command();
+    root.build();
+    // Follow the subcommands named before the mistyped one, skipping option values
+    // (`--db key kye` is about the top level).
+    let mut cmd = &root;
+    let mut words = args.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(word) = words.next() {
+        if word == typed {
+            break;
+        }
+        if let Some(long) = word.strip_prefix("--") {
+            let takes_value = !long.contains('=')
+                && cmd
+                    .get_arguments()
+                    .any(|a| a.get_long() == Some(long) && a.get_action().takes_values());
+            if takes_value {
+                words.next();
+            }
+        } else if let Some(sub) = cmd.find_subcommand(word) {
+            cmd = sub;
+        }
+    }
+    let mut near: Vec<(usize, String)> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .flat_map(|s| std::iter::once(s.get_name()).chain(s.get_visible_aliases()))
+        .filter_map(|name| {
+            let d = edit_distance(&typed, name);
+            (d <= 1).then(|| (d, name.to_string()))
+        })
+        .collect();
+    near.sort();
+    if !near.is_empty() {
+        err.insert(
+            ContextKind::SuggestedSubcommand,
+            ContextValue::Strings(near.into_iter().map(|(_, n)| n).collect()),
+        );
+    }
+    err
+}
+
+/// Edits (insert, delete, substitute, swap two neighbours) from `a` to `b`: the optimal
+/// string alignment distance.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// The commands.
@@ -293,15 +401,17 @@ pub struct AuditArgs {
 #[derive(Debug, Args, Clone)]
 #[command(
     after_help = "The JWT secret comes from $AIGATE_JWT_SECRET or --jwt-secret-file \
-    (at least 32 bytes). Every option also reads the AIGATE_* variable shown beside it."
+    (at least 32 bytes). Every option also reads the AIGATE_* variable shown beside it; \
+    AIGATE_NO_LOGIN takes 1/0, true/false, yes/no or on/off."
 )]
 pub struct ServeArgs {
-    /// Address to listen on
+    /// Address to listen on (IP:PORT, or HOST:PORT resolved at start)
     #[arg(
         long,
         env = "AIGATE_LISTEN",
         default_value = "127.0.0.1:8080",
-        value_name = "ADDR"
+        value_name = "ADDR",
+        value_parser = parse_addr
     )]
     pub listen: SocketAddr,
     /// Ollama's URL; repeat (or separate with commas) to spread requests round-robin
@@ -336,7 +446,14 @@ pub struct ServeArgs {
     #[arg(long, env = "AIGATE_JWT_SECRET_FILE", value_name = "FILE")]
     pub jwt_secret_file: Option<PathBuf>,
     /// Serve API keys only: no /auth/login, no JWTs
-    #[arg(long, env = "AIGATE_NO_LOGIN")]
+    // The variable takes 1/0, true/false, yes/no, on/off (clap's documented way to read a
+    // flag from the environment); anything else is a usage error, not a silent "on".
+    #[arg(
+        long,
+        env = "AIGATE_NO_LOGIN",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new()
+    )]
     pub no_login: bool,
     /// Peers whose X-Forwarded-For names the client (repeatable CIDR)
     #[arg(
@@ -364,8 +481,9 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish
     #[arg(long, env = "AIGATE_SHUTDOWN_TIMEOUT", default_value = "30s", value_name = "DUR", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
-    /// Serve Prometheus metrics on this separate address (off by default)
-    #[arg(long, env = "AIGATE_METRICS_LISTEN", value_name = "ADDR")]
+    /// Serve Prometheus metrics on this separate address, IP:PORT or HOST:PORT (off by
+    /// default)
+    #[arg(long, env = "AIGATE_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_addr)]
     pub metrics_listen: Option<SocketAddr>,
     /// Worker threads, each with its own listener (SO_REUSEPORT), runtime and upstream
     /// connections [default: one per CPU]
@@ -379,6 +497,16 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origin: Vec<String>,
+}
+
+/// An address to listen on: `IP:PORT`, or `HOST:PORT` resolved now to the first address
+/// the resolver gives (`localhost:8080`).
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    let bad = |why: String| format!("expected IP:PORT or HOST:PORT (e.g. 127.0.0.1:8080): {why}");
+    s.to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad(format!("{s} resolves to no address")))
 }
 
 fn parse_limit<T: std::str::FromStr>(s: &str, clear: &str) -> Result<Change<T>, String> {
@@ -408,5 +536,145 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The subcommands a usage error suggests.
+    fn tips(args: &[&str]) -> Vec<String> {
+        use clap::error::{ContextKind, ContextValue};
+        let argv = std::iter::once("aigate").chain(args.iter().copied());
+        let e = Cli::try_parse_with_tips(argv).expect_err("a usage error");
+        match e.get(ContextKind::SuggestedSubcommand) {
+            Some(ContextValue::Strings(s)) => s.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_mistyped_subcommand_gets_a_tip_at_its_level() {
+        assert_eq!(tips(&["kye"]), ["key"]);
+        assert_eq!(tips(&["ky", "list"]), ["key"]);
+        assert_eq!(tips(&["--db", "key", "kye"]), ["key"]);
+        assert_eq!(tips(&["--db=x.db", "usr", "list"]), ["user"]);
+        assert_eq!(tips(&["user", "ad", "bob"]), ["add"]);
+        assert_eq!(tips(&["key", "st", "1"]), ["set"]);
+        // What clap finds itself stays as it is.
+        assert_eq!(tips(&["key", "lsit"]), ["set", "list"]);
+        assert_eq!(tips(&["stauts"]), ["audit", "status"]);
+        // Nothing near: no tip.
+        assert!(tips(&["frobnicate"]).is_empty());
+        let e = Cli::try_parse_with_tips(["aigate", "kye"]).expect_err("a usage error");
+        assert!(
+            e.to_string()
+                .contains("tip: a similar subcommand exists: 'key'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_a_swap_as_one() {
+        assert_eq!(edit_distance("kye", "key"), 1);
+        assert_eq!(edit_distance("key", "key"), 0);
+        assert_eq!(edit_distance("ky", "key"), 1);
+        assert_eq!(edit_distance("tier", "user"), 2);
+        assert_eq!(edit_distance("", "key"), 3);
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let argv = ["aigate", "serve"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(a) => Ok(*a),
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    /// Set by [`bool_env_values_parse`] in the runs of this test binary it starts.
+    const CHILD: &str = "AIGATE_TEST_PARSE_CHILD";
+
+    /// What `aigate serve` makes of the environment it runs in: `no_login=…` or the
+    /// kind of usage error. Run only as a child of [`bool_env_values_parse`]: in edition
+    /// 2024 `set_var` is unsafe (and this crate forbids unsafe code), so each
+    /// environment gets a process of its own.
+    #[test]
+    fn parse_serve_in_this_environment() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        match serve(&[]) {
+            Ok(a) => println!("PARSED no_login={}", a.no_login),
+            Err(e) => println!("PARSED error={:?}", e.kind()),
+        }
+    }
+
+    /// `serve`'s parse with `AIGATE_NO_LOGIN` set to `value` (None: unset).
+    fn no_login_from_env(value: Option<&str>) -> String {
+        let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"));
+        child
+            .args([
+                "--exact",
+                "cli::tests::parse_serve_in_this_environment",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .env_remove("AIGATE_LISTEN")
+            .env_remove("AIGATE_METRICS_LISTEN");
+        match value {
+            Some(v) => child.env("AIGATE_NO_LOGIN", v),
+            None => child.env_remove("AIGATE_NO_LOGIN"),
+        };
+        let out = child.output().expect("run the test binary");
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .find_map(|l| l.split_once("PARSED ").map(|(_, r)| r))
+            .unwrap_or_else(|| panic!("no result from the child: {stdout}"))
+            .to_string()
+    }
+
+    #[test]
+    fn bool_env_values_parse() {
+        for v in ["1", "true", "yes", "on", "TRUE", "Yes", "ON"] {
+            assert_eq!(no_login_from_env(Some(v)), "no_login=true", "{v:?}");
+        }
+        for v in ["0", "false", "no", "off", "False", "NO", "Off"] {
+            assert_eq!(no_login_from_env(Some(v)), "no_login=false", "{v:?}");
+        }
+        assert_eq!(no_login_from_env(None), "no_login=false");
+        // A typo is refused rather than read as "on".
+        for v in ["maybe", "2", ""] {
+            assert_eq!(no_login_from_env(Some(v)), "error=ValueValidation", "{v:?}");
+        }
+    }
+
+    #[test]
+    fn no_login_flag_still_works() {
+        // The environment of `cargo test` may set AIGATE_NO_LOGIN: the flag wins anyway.
+        assert!(serve(&["--no-login"]).expect("parse").no_login);
+    }
+
+    #[test]
+    fn listen_addresses_take_host_names() {
+        let a = serve(&["--listen", "localhost:0", "--metrics-listen", "localhost:9"])
+            .expect("localhost resolves");
+        assert!(a.listen.ip().is_loopback(), "{}", a.listen);
+        assert_eq!(a.listen.port(), 0);
+        let m = a.metrics_listen.expect("metrics address");
+        assert!(m.ip().is_loopback(), "{m}");
+        assert_eq!(m.port(), 9);
+
+        let a = serve(&["--listen", "[::1]:8086", "--metrics-listen", "0.0.0.0:9090"])
+            .expect("literal addresses");
+        assert_eq!(a.listen, "[::1]:8086".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(
+            a.metrics_listen,
+            Some("0.0.0.0:9090".parse().expect("addr"))
+        );
+
+        // Only malformed values: a name that does not resolve would need a resolver.
+        for bad in ["localhost", "127.0.0.1", ":8080", "localhost:http", "[::1]"] {
+            let e = serve(&["--listen", bad]).expect_err(bad);
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+        }
     }
 }

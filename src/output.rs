@@ -1,11 +1,45 @@
 //! Everything that talks to a terminal: tables, JSON, confirmations and password
-//! prompts. Nothing here ever waits for input without a terminal.
+//! prompts. Nothing here ever waits for input without a terminal, and no text reaches
+//! one as a control character (see [`escape`]).
 
+use std::borrow::Cow;
 use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{Context, bail};
 use comfy_table::{Attribute, Cell, ContentArrangement, Table};
 use serde::Serialize;
+use serde_json::ser::{Formatter, PrettyFormatter};
+
+/// Whether `c` must not reach a terminal as it is: a control character (C0, DEL, C1),
+/// which can move the cursor, retitle the window or clear the screen, or a
+/// bidirectional formatting character (embeddings, overrides, isolates and marks), which
+/// can make text read in another order than it is stored.
+fn unsafe_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
+}
+
+/// `s` with every character that is [unsafe on a terminal](unsafe_on_terminal) written
+/// out visibly as `\u{1b}`. Every cell, field and status line passes through here, so
+/// that text a client chose (key and user names, audit details, model names) shows as
+/// text.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(unsafe_on_terminal) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_on_terminal(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// comfy-table's style string: only the header line and its crossings are drawn.
 const HEADER_RULE: &str = "     ──            ";
@@ -34,9 +68,16 @@ pub struct Rows {
 }
 
 impl Rows {
-    /// Adds a row (one cell per header).
+    /// Adds a row (one cell per header), [escaped](escape): the one way into a table.
     pub fn add_row(&mut self, row: Vec<String>) {
-        self.rows.push(row);
+        self.rows.push(row.into_iter().map(cell).collect());
+    }
+}
+
+fn cell(s: String) -> String {
+    match escape(&s) {
+        Cow::Borrowed(_) => s,
+        Cow::Owned(escaped) => escaped,
     }
 }
 
@@ -110,13 +151,120 @@ fn write_plain(out: &mut impl Write, t: &Rows) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Prints one JSON document.
+/// Prints `label  value` lines, labels right-aligned to the longest, under an optional
+/// title line: the view of one record (`key show`, `status`).
+pub fn print_fields(title: Option<&str>, fields: &[(&str, String)]) -> anyhow::Result<()> {
+    let width = fields
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if let Some(title) = title {
+        writeln!(out, "{}", escape(title))?;
+    }
+    for (label, value) in fields {
+        writeln!(out, "{label:>width$}  {}", escape(value))?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Prints a secret made by aigate (a new key) on a line of its own, for
+/// `KEY=$(aigate key create --quiet)`.
+pub fn print_secret(secret: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{secret}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Prints bytes as they are (a completion script aigate rendered).
+pub fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Writes one status line to standard error: what a command did, for a person reading
+/// along. A closed or failing stderr is ignored; the command's outcome does not hang on
+/// a remark.
+pub fn status(line: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{}", escape(&line.to_string()));
+}
+
+/// Prints one JSON document, pretty, with every character that is [unsafe on a
+/// terminal](unsafe_on_terminal) as a `\u` escape (serde_json escapes only C0): the same
+/// document to a parser, and safe to show.
 pub fn print_json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    serde_json::to_writer_pretty(&mut out, v)?;
+    let mut ser =
+        serde_json::Serializer::with_formatter(&mut out, TerminalSafe(PrettyFormatter::new()));
+    // As an io::Error, so that a closed stdout is seen as one by the caller.
+    v.serialize(&mut ser).map_err(std::io::Error::from)?;
     writeln!(out)?;
     out.flush()?;
     Ok(())
+}
+
+/// serde_json's pretty formatter, writing DEL, C1 and bidirectional formatting
+/// characters in strings as `\uXXXX` too.
+struct TerminalSafe<'a>(PrettyFormatter<'a>);
+
+impl Formatter for TerminalSafe<'_> {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if unsafe_on_terminal(c) {
+                w.write_all(&fragment.as_bytes()[start..i])?;
+                // All of them are in the Basic Multilingual Plane: one \uXXXX each.
+                write!(w, "\\u{:04x}", u32::from(c))?;
+                start = i + c.len_utf8();
+            }
+        }
+        w.write_all(&fragment.as_bytes()[start..])
+    }
+
+    fn begin_array<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_array(w)
+    }
+    fn end_array<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_array(w)
+    }
+    fn begin_array_value<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.0.begin_array_value(w, first)
+    }
+    fn end_array_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_array_value(w)
+    }
+    fn begin_object<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_object(w)
+    }
+    fn end_object<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_object(w)
+    }
+    fn begin_object_key<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.0.begin_object_key(w, first)
+    }
+    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_object_value(w)
+    }
+    fn end_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_object_value(w)
+    }
 }
 
 /// A cell for an optional value: `-` when absent.
@@ -130,6 +278,7 @@ pub fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
     if yes {
         return Ok(());
     }
+    let question = escape(question);
     if !interactive() {
         bail!("{question}: no terminal to confirm on; pass --yes");
     }
@@ -165,4 +314,62 @@ pub fn read_new_password(from_stdin: bool) -> anyhow::Result<String> {
     };
     crate::auth::password::check_new(&password)?;
     Ok(password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_shows_controls_and_bidi_as_text() {
+        assert!(matches!(escape("laptop ü ✓ 日本"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape("\u{1b}]0;PWNED\u{7}\u{1b}[2J"),
+            "\\u{1b}]0;PWNED\\u{7}\\u{1b}[2J"
+        );
+        assert_eq!(escape("a\tb\nc\rd\0"), "a\\u{9}b\\u{a}c\\u{d}d\\u{0}");
+        assert_eq!(
+            escape("\u{7f}\u{80}\u{9b}\u{9f}"),
+            "\\u{7f}\\u{80}\\u{9b}\\u{9f}"
+        );
+        for c in [
+            '\u{202a}', '\u{202e}', '\u{2066}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{61c}',
+        ] {
+            let e = escape(&format!("x{c}y")).into_owned();
+            assert_eq!(e, format!("x\\u{{{:x}}}y", u32::from(c)));
+        }
+    }
+
+    #[test]
+    fn terminal_safe_json_is_the_same_document() {
+        let value = serde_json::json!({
+            "name": "\u{1b}]0;PWNED\u{7} \u{7f}\u{9b}\u{202e}\u{2066} ü \\ \"",
+            "list": [1, null, "x"],
+        });
+        let mut out = Vec::new();
+        let mut ser =
+            serde_json::Serializer::with_formatter(&mut out, TerminalSafe(PrettyFormatter::new()));
+        value.serialize(&mut ser).expect("serialize");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(
+            !text.chars().any(|c| unsafe_on_terminal(c) && c != '\n'),
+            "{text:?}"
+        );
+        for escaped in [
+            "\\u001b", "\\u0007", "\\u007f", "\\u009b", "\\u202e", "\\u2066",
+        ] {
+            assert!(text.contains(escaped), "{escaped} in {text}");
+        }
+        assert!(text.contains("ü"), "{text}");
+        let back: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(back, value);
+        // Laid out as serde_json's own pretty printer does.
+        assert_eq!(
+            text.lines().count(),
+            serde_json::to_string_pretty(&value)
+                .expect("pretty")
+                .lines()
+                .count()
+        );
+    }
 }

@@ -105,14 +105,15 @@ impl Out {
     }
 }
 
-/// The binary with a clean environment: no database, log or XDG settings from outside.
+/// The binary with a clean environment: no database, log or XDG settings from outside,
+/// and `tester` as the operator that audit rows name (as sudo names the person behind it).
 fn bin() -> Command {
     let mut c = Command::cargo_bin("aigate").expect("the aigate binary");
-    for var in ["AIGATE_DB", "AIGATE_LOG", "XDG_DATA_HOME", "SUDO_USER"] {
+    for var in ["AIGATE_DB", "AIGATE_LOG", "XDG_DATA_HOME", "USER"] {
         c.env_remove(var);
     }
     c.env("NO_COLOR", "1")
-        .env("USER", "tester")
+        .env("SUDO_USER", "tester")
         .timeout(TIMEOUT);
     c
 }
@@ -608,6 +609,29 @@ fn usage_errors_exit_2() {
     }
     // Nothing was written by any of them.
     assert_eq!(count(&env.conn(), "SELECT count(*) FROM api_keys"), 0);
+}
+
+#[test]
+fn a_mistyped_command_gets_a_similar_subcommand_tip() {
+    let env = Env::init();
+    let cases: &[(&[&str], &str)] = &[
+        (&["kye", "list"], "tip: a similar subcommand exists: 'key'"),
+        (&["usr", "list"], "tip: a similar subcommand exists: 'user'"),
+        (&["stauts"], "'status'"),
+        (&["key", "lsit"], "'list'"),
+        (&["key", "sohw", "1"], "'show'"),
+        (
+            &["user", "ad", "bob"],
+            "tip: a similar subcommand exists: 'add'",
+        ),
+    ];
+    for (args, tip) in cases {
+        let out = env.run(args).usage_error();
+        assert!(out.stderr.contains("unrecognized subcommand"), "{out:#?}");
+        assert!(out.stderr.contains(tip), "{args:?}: {out:#?}");
+    }
+    let out = env.run(&["frobnicate"]).usage_error();
+    assert!(!out.stderr.contains("tip:"), "{out:#?}");
 }
 
 #[test]
@@ -1443,9 +1467,83 @@ fn usage_groups_and_nulls() {
         ])
     );
 
+    // Grouped by user, the table has no KEY or MODEL column (see
+    // usage_tables_show_only_the_grouped_columns).
     let out = env.ok(&["usage", "--by", "user"]);
-    for s in ["KEY", "USER", "MODEL", "REQUESTS", "alice", "bob", "1015"] {
+    for s in ["USER", "REQUESTS", "alice", "bob", "1015"] {
         assert!(out.stdout.contains(s), "{s}: {out:#?}");
+    }
+}
+
+#[test]
+fn usage_tables_show_only_the_grouped_columns() {
+    let env = Env::init();
+    let today = now() / 86_400;
+    let conn = env.conn();
+    for (key, user, model, requests) in [(1, "alice", "llama3", 2), (2, "", "qwen", 5)] {
+        conn.execute(
+            "INSERT INTO usage (day, key_id, user, model, requests, prompt_tokens, completion_tokens)
+             VALUES (?1, ?2, ?3, ?4, ?5, 10, 20)",
+            rusqlite::params![today, key, user, model, requests],
+        )
+        .expect("insert usage");
+    }
+    // Each table as words per line: the header (its words) and the rows.
+    let table = |args: &[&str]| -> Vec<Vec<String>> {
+        let mut full = vec!["usage"];
+        full.extend_from_slice(args);
+        env.ok(&full)
+            .stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.contains('─'))
+            .map(|l| l.split_whitespace().map(String::from).collect())
+            .collect()
+    };
+    let counts = ["REQUESTS", "PROMPT", "TOKENS", "COMPLETION", "TOKENS"];
+    let header = |grouped: &[&str]| -> Vec<String> {
+        grouped
+            .iter()
+            .chain(&counts)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let words = |s: &str| -> Vec<String> { s.split(' ').map(String::from).collect() };
+
+    assert_eq!(
+        table(&["--by", "model"]),
+        [
+            header(&["MODEL"]),
+            words("qwen 5 10 20"),
+            words("llama3 2 10 20")
+        ]
+    );
+    assert_eq!(
+        table(&["--by", "key"]),
+        [header(&["KEY"]), words("2 5 10 20"), words("1 2 10 20")]
+    );
+    assert_eq!(
+        table(&["--by", "user"]),
+        [
+            header(&["USER"]),
+            words("- 5 10 20"),
+            words("alice 2 10 20")
+        ]
+    );
+    // Without --by, as before: every column.
+    assert_eq!(
+        table(&[]),
+        [
+            header(&["KEY", "USER", "MODEL"]),
+            words("2 - qwen 5 10 20"),
+            words("1 alice llama3 2 10 20")
+        ]
+    );
+    // JSON keeps every field, null where not grouped by.
+    let v = env.json(&["usage", "--by", "model", "--json"]);
+    for r in array(&v) {
+        assert_fields(r, USAGE_FIELDS);
+        assert_eq!(r["key_id"], Value::Null);
+        assert_eq!(r["user"], Value::Null);
     }
 }
 
@@ -1599,4 +1697,253 @@ fn a_failed_write_to_stdout_is_one_error_line_not_a_panic() {
         }
         .fails(needle);
     }
+}
+
+/// Runs aigate with `--db` and `args`, its stdout a socket whose other end is already
+/// closed: every write fails with EPIPE at once, as to a pipe whose reader has gone.
+fn run_into_closed_stdout(env: &Env, args: &[&str]) -> Out {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+    drop(ours);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_aigate"))
+        .env_remove("AIGATE_DB")
+        .env_remove("RUST_BACKTRACE")
+        .arg("--db")
+        .arg(&env.db)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::os::fd::OwnedFd::from(theirs))
+        .output()
+        .expect("run aigate");
+    Out {
+        code: o.status.code(),
+        stdout: String::new(),
+        stderr: String::from_utf8(o.stderr).expect("utf-8 stderr"),
+    }
+}
+
+/// Adds `n` valid keys straight through the store, in one transaction.
+fn bulk_keys(env: &Env, n: usize) {
+    use aigate::store::{OpenMode, Store, keys};
+    let mut store = Store::open(&env.db, OpenMode::Existing).expect("open the store");
+    store
+        .write(|tx| {
+            for _ in 0..n {
+                let new = aigate::auth::key::generate().expect("a key");
+                keys::create(tx, &new, &keys::NewKeyParams::default())?;
+            }
+            Ok(())
+        })
+        .expect("bulk keys");
+}
+
+#[test]
+fn a_reader_that_leaves_early_ends_the_command_quietly() {
+    let env = Env::init();
+    bulk_keys(&env, 1_500);
+    // Far more than a pipe holds, so aigate is still writing when the reader leaves.
+    for args in [
+        &["key", "list"][..],
+        &["key", "list", "--json"],
+        &["key", "list", "--all"],
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aigate"))
+            .env_remove("AIGATE_DB")
+            .env("NO_COLOR", "1")
+            .arg("--db")
+            .arg(&env.db)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run aigate");
+        let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut first).expect("read a line");
+        assert!(!first.is_empty(), "{args:?}: no output");
+        drop(reader);
+        let o = child.wait_with_output().expect("wait for aigate");
+        let stderr = String::from_utf8(o.stderr).expect("utf-8 stderr");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {stderr}");
+        assert_eq!(stderr, "", "{args:?}");
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_a_listing_quietly_but_a_new_key_says_to_revoke_it() {
+    let env = Env::init();
+    env.key(&[]);
+    env.ok(&["key", "revoke", "1", "--yes"]);
+    env.conn()
+        .execute(
+            "INSERT INTO usage (day, key_id, user, model, requests) VALUES (?1, 1, '', 'llama3', 1)",
+            [now() / 86_400],
+        )
+        .expect("insert usage");
+    for args in [
+        &["key", "list", "--all"][..],
+        &["key", "list", "--all", "--json"],
+        &["key", "show", "1"],
+        &["key", "show", "1", "--json"],
+        &["audit"],
+        &["audit", "--json"],
+        &["usage"],
+        &["usage", "--json"],
+        &["status"],
+        &["status", "--json"],
+        &["user", "list", "--json"],
+        &["tier", "list"],
+        &["completions", "bash"],
+        &["completions", "zsh"],
+    ] {
+        let out = run_into_closed_stdout(&env, args);
+        assert_eq!(out.code, Some(0), "{args:?}: {out:#?}");
+        assert_eq!(out.stderr, "", "{args:?}: {out:#?}");
+    }
+    // A key nobody saw must be revoked: that stays a failure that names it.
+    run_into_closed_stdout(&env, &["key", "create", "--quiet"]).fails("key 2 was created");
+    run_into_closed_stdout(&env, &["key", "create", "--json"])
+        .fails("revoke it with `aigate key revoke 3`");
+}
+
+// ---------------------------------------------------------------- the operator
+
+/// The `detail` of the newest audit row of `kind`.
+fn last_detail(env: &Env, kind: &str) -> String {
+    env.conn()
+        .query_row(
+            "SELECT detail FROM audit WHERE kind = ?1 ORDER BY id DESC LIMIT 1",
+            [kind],
+            |r| r.get(0),
+        )
+        .expect("an audit row")
+}
+
+#[test]
+fn audit_names_the_os_user_when_user_and_sudo_user_are_unset() {
+    let env = Env::init();
+    let id = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .expect("run id -un");
+    assert!(id.status.success(), "{id:?}");
+    let os_user = String::from_utf8(id.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    assert!(!os_user.is_empty());
+
+    // As under cron or systemd: neither variable.
+    let mut c = env.cmd(&["key", "create", "--quiet"]);
+    c.env_remove("USER").env_remove("SUDO_USER");
+    run(c).ok();
+    assert!(
+        last_detail(&env, "key_create").ends_with(&format!(" by={os_user}")),
+        "{}",
+        last_detail(&env, "key_create")
+    );
+
+    // $USER says anything it likes; the uid is what counts.
+    let mut c = env.cmd(&["tier", "set", "free", "--rpm", "7"]);
+    c.env("USER", "someone-else").env_remove("SUDO_USER");
+    run(c).ok();
+    assert!(
+        last_detail(&env, "tier_set").ends_with(&format!(" by={os_user}")),
+        "{}",
+        last_detail(&env, "tier_set")
+    );
+
+    // Behind sudo, the person who ran sudo.
+    let mut c = env.cmd(&["key", "revoke", "1", "--yes"]);
+    c.env("SUDO_USER", "alice");
+    run(c).ok();
+    assert_eq!(last_detail(&env, "key_revoke"), "id=1 by=alice");
+}
+
+// ---------------------------------------------------------------- terminal escapes
+
+/// What a hostile name tries: retitle the window, ring the bell, clear the screen.
+const HOSTILE: &str = "\u{1b}]0;PWNED\u{7}\u{1b}[2J";
+/// How it shows instead.
+const HOSTILE_SHOWN: &str = "\\u{1b}]0;PWNED\\u{7}\\u{1b}[2J";
+
+/// Asserts that `text` carries no control byte (other than newline and the table's
+/// spaces) and no bidirectional formatting character.
+#[track_caller]
+fn assert_terminal_safe(text: &str) {
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        let control = c.is_control() && c != '\n';
+        assert!(!control && !bidi, "{:?} in {text:?}", c);
+    }
+}
+
+#[test]
+fn text_a_client_chose_never_reaches_the_terminal_as_control_characters() {
+    let env = Env::init();
+    let (id, _) = env.key(&["--name", HOSTILE]);
+    let (other, _) = env.key(&["--name", "\u{202e}txt.exe\u{9b}31m\u{7f}"]);
+    let conn = env.conn();
+    conn.execute(
+        "INSERT INTO audit (at, kind, ip, reason, key_prefix, user, detail)
+         VALUES (?1, 'auth_failure', ?2, ?2, 'aig_XXXXXXXX', ?3, ?2)",
+        rusqlite::params![now(), "\u{1b}[31m10.0.0.9", "\u{1b}]0;PWNED\u{0007}"],
+    )
+    .expect("insert audit");
+    conn.execute(
+        "INSERT INTO usage (day, key_id, user, model, requests) VALUES (?1, ?2, ?3, ?4, 1)",
+        rusqlite::params![now() / 86_400, id, "\u{1b}]0;u\u{7}", HOSTILE],
+    )
+    .expect("insert usage");
+
+    let (id_s, other_s) = (id.to_string(), other.to_string());
+    let cases: &[(&[&str], &str)] = &[
+        (&["key", "list"], HOSTILE_SHOWN),
+        (&["key", "list", "--all"], HOSTILE_SHOWN),
+        (&["key", "show", &id_s], HOSTILE_SHOWN),
+        (
+            &["key", "show", &other_s],
+            "\\u{202e}txt.exe\\u{9b}31m\\u{7f}",
+        ),
+        (&["key", "set", &id_s, "--rpm", "3"], HOSTILE_SHOWN),
+        (&["audit"], "\\u{1b}]0;PWNED\\u{7}"),
+        (&["audit"], "\\u{1b}[31m10.0.0.9"),
+        (&["usage"], HOSTILE_SHOWN),
+        (&["usage", "--by", "model"], HOSTILE_SHOWN),
+        (&["usage", "--by", "user"], "\\u{1b}]0;u\\u{7}"),
+    ];
+    for (args, shown) in cases {
+        let out = env.ok(args);
+        assert_terminal_safe(&out.stdout);
+        assert_terminal_safe(&out.stderr);
+        assert!(out.stdout.contains(shown), "{args:?}: {out:#?}");
+    }
+
+    // JSON escapes them too, and still says exactly what is stored.
+    for args in [
+        &["key", "list", "--json"][..],
+        &["audit", "--json"],
+        &["usage", "--json"],
+    ] {
+        let out = env.ok(args);
+        assert_terminal_safe(&out.stdout);
+    }
+    let list = env.json(&["key", "list", "--json"]);
+    assert_eq!(array(&list)[0]["name"], json!(HOSTILE));
+    assert_eq!(
+        array(&list)[1]["name"],
+        json!("\u{202e}txt.exe\u{9b}31m\u{7f}")
+    );
+    let audit = env.json(&["audit", "--json"]);
+    let failure = array(&audit)
+        .iter()
+        .find(|e| e["kind"] == json!("auth_failure"))
+        .expect("the inserted row");
+    assert_eq!(failure["user"], json!("\u{1b}]0;PWNED\u{7}"));
+
+    // The question of a refused confirmation quotes the name; it is escaped there too.
+    let out = env.run(&["key", "revoke", &id.to_string()]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert_terminal_safe(&out.stderr);
+    assert!(out.stderr.contains(HOSTILE_SHOWN), "{out:#?}");
 }

@@ -1,6 +1,5 @@
 //! `aigate status`: what an operator checks first.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
@@ -36,13 +35,14 @@ pub fn run(db: &Path, json: bool) -> anyhow::Result<()> {
     if json {
         return output::print_json(&s);
     }
-    // writeln!, not println!: a closed stdout is an error (exit 1), not a panic.
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "aigate {}", s.version)?;
-    writeln!(out, "database        {}", s.db_path)?;
-    writeln!(out, "schema version  {}", s.schema_version)?;
-    writeln!(out, "keys            {} ({} usable)", s.keys, s.usable_keys)?;
-    writeln!(out, "users           {}", s.users)?;
-    writeln!(out, "tiers           {}", s.tiers)?;
-    Ok(())
+    output::print_fields(
+        Some(&format!("aigate {}", s.version)),
+        &[
+            ("database", s.db_path.clone()),
+            ("schema version", s.schema_version.to_string()),
+            ("keys", format!("{} ({} usable)", s.keys, s.usable_keys)),
+            ("users", s.users.to_string()),
+            ("tiers", s.tiers.to_string()),
+        ],
+    )
 }

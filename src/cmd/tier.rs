@@ -1,12 +1,12 @@
-//! `aigate tier list|set`.
+//! `aigate tier list|set`, one function per subcommand.
 
 use std::path::Path;
 
 use super::{open, operator};
 use crate::cli::TierCommand;
-use crate::output::{self, opt};
+use crate::output;
+use crate::store::OpenMode;
 use crate::store::tiers::{self, Tier, TierChange, split_models};
-use crate::store::{OpenMode, audit};
 
 /// The columns of a tier table.
 const HEADERS: [&str; 6] = [
@@ -21,18 +21,7 @@ const HEADERS: [&str; 6] = [
 /// Runs a tier command.
 pub fn run(db: &Path, cmd: TierCommand) -> anyhow::Result<()> {
     match cmd {
-        TierCommand::List(json) => {
-            let store = open(db, OpenMode::Existing)?;
-            let list = tiers::list(store.conn())?;
-            if json.json {
-                return output::print_json(&list);
-            }
-            let mut t = output::table(&HEADERS);
-            for tier in &list {
-                t.add_row(row(tier));
-            }
-            output::print_table(&t, "no tiers")
-        }
+        TierCommand::List(json) => list(db, json.json),
         TierCommand::Set {
             name,
             rpm,
@@ -43,53 +32,51 @@ pub fn run(db: &Path, cmd: TierCommand) -> anyhow::Result<()> {
             no_admin,
             json,
         } => {
-            let mut store = open(db, OpenMode::Existing)?;
             let change = TierChange {
                 rpm: rpm.unwrap_or_default(),
                 concurrency: concurrency.unwrap_or_default(),
                 tokens_per_day: tokens_per_day.unwrap_or_default(),
                 models: models.as_deref().map(split_models),
-                admin: if admin {
-                    Some(true)
-                } else if no_admin {
-                    Some(false)
-                } else {
-                    None
+                admin: match (admin, no_admin) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
                 },
             };
-            let (tier, created) = store.write(|tx| {
-                let (tier, created) = tiers::set(tx, &name, &change)?;
-                audit::admin_action(
-                    tx,
-                    "tier_set",
-                    None,
-                    None,
-                    format!(
-                        "tier={} rpm={} concurrency={} tokens_per_day={} models={} admin={} by={}",
-                        tier.name,
-                        opt(tier.rpm),
-                        opt(tier.concurrency),
-                        opt(tier.tokens_per_day),
-                        tier.models.join(","),
-                        tier.admin,
-                        operator()
-                    ),
-                )?;
-                Ok((tier, created))
-            })?;
-            if json.json {
-                return output::print_json(&tier);
-            }
-            eprintln!(
-                "{} tier {}",
-                if created { "created" } else { "updated" },
-                tier.name
-            );
-            let mut t = output::table(&HEADERS);
-            t.add_row(row(&tier));
-            output::print_table(&t, "")
+            set(db, &name, &change, json.json)
         }
     }
+}
+
+/// `tier list`.
+fn list(db: &Path, json: bool) -> anyhow::Result<()> {
+    let store = open(db, OpenMode::Existing)?;
+    let list = tiers::list(store.conn())?;
+    if json {
+        return output::print_json(&list);
+    }
+    let mut t = output::table(&HEADERS);
+    for tier in &list {
+        t.add_row(row(tier));
+    }
+    output::print_table(&t, "no tiers")
+}
+
+/// `tier set`: creates the tier when missing, then shows it as it now is.
+fn set(db: &Path, name: &str, change: &TierChange, json: bool) -> anyhow::Result<()> {
+    let mut store = open(db, OpenMode::Existing)?;
+    let (tier, created) = store.write(|tx| tiers::set_audited(tx, name, change, &operator()))?;
+    if json {
+        return output::print_json(&tier);
+    }
+    output::status(format_args!(
+        "{} tier {}",
+        if created { "created" } else { "updated" },
+        tier.name
+    ));
+    let mut t = output::table(&HEADERS);
+    t.add_row(row(&tier));
+    output::print_table(&t, "")
 }
 
 fn row(t: &Tier) -> Vec<String> {

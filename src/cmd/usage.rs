@@ -5,7 +5,7 @@ use std::path::Path;
 use super::open;
 use crate::cli::{UsageArgs, UsageBy};
 use crate::output::{self, opt};
-use crate::store::usage::{self, GroupBy};
+use crate::store::usage::{self, GroupBy, Row};
 use crate::store::{OpenMode, now};
 
 /// Runs `aigate usage`.
@@ -22,23 +22,43 @@ pub fn run(db: &Path, a: UsageArgs) -> anyhow::Result<()> {
     if a.json.json {
         return output::print_json(&rows);
     }
-    let mut t = output::table(&[
-        "KEY",
-        "USER",
-        "MODEL",
-        "REQUESTS",
-        "PROMPT TOKENS",
-        "COMPLETION TOKENS",
-    ]);
+    // Only the columns grouped by, then the counts: a column that is null on every row
+    // says nothing.
+    let grouped: &[Column] = match by {
+        GroupBy::All => &[("KEY", key), ("USER", user), ("MODEL", model)],
+        GroupBy::Key => &[("KEY", key)],
+        GroupBy::User => &[("USER", user)],
+        GroupBy::Model => &[("MODEL", model)],
+    };
+    let headers: Vec<&str> = grouped
+        .iter()
+        .map(|(h, _)| *h)
+        .chain(["REQUESTS", "PROMPT TOKENS", "COMPLETION TOKENS"])
+        .collect();
+    let mut t = output::table(&headers);
     for r in &rows {
-        t.add_row(vec![
-            opt(r.key_id),
-            opt(r.user.as_deref()),
-            opt(r.model.as_deref()),
+        let mut cells: Vec<String> = grouped.iter().map(|(_, cell)| cell(r)).collect();
+        cells.extend([
             r.requests.to_string(),
             r.prompt_tokens.to_string(),
             r.completion_tokens.to_string(),
         ]);
+        t.add_row(cells);
     }
     output::print_table(&t, "no usage recorded")
+}
+
+/// A column of the table: its header and how a row fills it.
+type Column = (&'static str, fn(&Row) -> String);
+
+fn key(r: &Row) -> String {
+    opt(r.key_id)
+}
+
+fn user(r: &Row) -> String {
+    opt(r.user.as_deref())
+}
+
+fn model(r: &Row) -> String {
+    opt(r.model.as_deref())
 }

@@ -50,8 +50,9 @@ pub fn insert(conn: &Connection, entries: &[Entry]) -> Result<()> {
     Ok(())
 }
 
-/// Records an admin action taken through the CLI or the admin API.
-pub fn admin_action(
+/// Records an admin action taken through the CLI or the admin API. Only the store's
+/// `*_audited` functions call this, so that every admin write and its row go together.
+pub(super) fn admin_action(
     conn: &Connection,
     kind: &str,
     user: Option<&str>,

@@ -371,6 +371,20 @@ pub fn set(conn: &Connection, id: i64, c: &KeyChange) -> Result<Key> {
     get(conn, id)
 }
 
+/// [`set`] with its `key_set` audit row; `by` names who acted (the caller holds the
+/// transaction).
+pub fn set_audited(conn: &Connection, id: i64, c: &KeyChange, by: &str) -> Result<Key> {
+    let k = set(conn, id, c)?;
+    super::audit::admin_action(
+        conn,
+        "key_set",
+        k.user.as_deref(),
+        Some(&k.prefix),
+        format!("id={} by={by}", k.id),
+    )?;
+    Ok(k)
+}
+
 /// What the gate needs to authorise a request with a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthRow {

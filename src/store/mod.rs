@@ -202,11 +202,6 @@ impl Store {
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
-    /// Where the database lives.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Whether this open created the file.
     pub fn created(&self) -> bool {
         self.created
@@ -215,11 +210,6 @@ impl Store {
     /// The connection, for the table modules and the gate's reader and writer threads.
     pub fn conn(&self) -> &Connection {
         &self.conn
-    }
-
-    /// The connection, mutably, for transactions.
-    pub fn conn_mut(&mut self) -> &mut Connection {
-        &mut self.conn
     }
 
     /// Runs `f` inside a write transaction taken up front (`BEGIN IMMEDIATE`), so that a

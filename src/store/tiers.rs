@@ -156,3 +156,31 @@ pub fn set(conn: &Connection, name: &str, change: &TierChange) -> Result<(Tier, 
     )?;
     Ok((get(conn, name)?, created))
 }
+
+/// [`set`] with its `tier_set` audit row, which records every limit as it now is; `by`
+/// names who acted (the caller holds the transaction).
+pub fn set_audited(
+    conn: &Connection,
+    name: &str,
+    change: &TierChange,
+    by: &str,
+) -> Result<(Tier, bool)> {
+    let (tier, created) = set(conn, name, change)?;
+    let limit = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    super::audit::admin_action(
+        conn,
+        "tier_set",
+        None,
+        None,
+        format!(
+            "tier={} rpm={} concurrency={} tokens_per_day={} models={} admin={} by={by}",
+            tier.name,
+            limit(tier.rpm.map(u64::from)),
+            limit(tier.concurrency.map(u64::from)),
+            limit(tier.tokens_per_day),
+            tier.models.join(","),
+            tier.admin,
+        ),
+    )?;
+    Ok((tier, created))
+}

@@ -3,6 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
+use super::audit::admin_action;
 use super::{Result, StoreError, now, rfc3339};
 
 /// A user as listed. The password hash never leaves the store except to the verifier.
@@ -177,6 +178,87 @@ pub fn set_tier(conn: &Connection, name: &str, tier: &str) -> Result<User> {
         params![tier, name],
     )?;
     get(conn, name)
+}
+
+/// [`add`] with its `user_add` audit row; `by` names who acted (the caller holds the
+/// transaction).
+pub fn add_audited(
+    conn: &Connection,
+    name: &str,
+    password_hash: &str,
+    tier: &str,
+    by: &str,
+) -> Result<User> {
+    let u = add(conn, name, password_hash, tier)?;
+    admin_action(
+        conn,
+        "user_add",
+        Some(&u.username),
+        None,
+        format!("tier={} by={by}", u.tier),
+    )?;
+    Ok(u)
+}
+
+/// [`set_password`] with its `user_passwd` audit row.
+pub fn set_password_audited(
+    conn: &Connection,
+    name: &str,
+    password_hash: &str,
+    by: &str,
+) -> Result<User> {
+    let u = set_password(conn, name, password_hash)?;
+    admin_action(
+        conn,
+        "user_passwd",
+        Some(&u.username),
+        None,
+        format!("by={by}"),
+    )?;
+    Ok(u)
+}
+
+/// [`set_disabled`] with its `user_disable` or `user_enable` audit row.
+pub fn set_disabled_audited(
+    conn: &Connection,
+    name: &str,
+    disabled: bool,
+    by: &str,
+) -> Result<User> {
+    let u = set_disabled(conn, name, disabled)?;
+    let kind = if disabled {
+        "user_disable"
+    } else {
+        "user_enable"
+    };
+    admin_action(conn, kind, Some(&u.username), None, format!("by={by}"))?;
+    Ok(u)
+}
+
+/// [`remove`] with its `user_remove` audit row. Returns how many keys were revoked.
+pub fn remove_audited(conn: &Connection, name: &str, by: &str) -> Result<usize> {
+    let revoked = remove(conn, name)?;
+    admin_action(
+        conn,
+        "user_remove",
+        Some(name),
+        None,
+        format!("revoked_keys={revoked} by={by}"),
+    )?;
+    Ok(revoked)
+}
+
+/// [`set_tier`] with its `user_set_tier` audit row.
+pub fn set_tier_audited(conn: &Connection, name: &str, tier: &str, by: &str) -> Result<User> {
+    let u = set_tier(conn, name, tier)?;
+    admin_action(
+        conn,
+        "user_set_tier",
+        Some(&u.username),
+        None,
+        format!("tier={} by={by}", u.tier),
+    )?;
+    Ok(u)
 }
 
 /// How many users exist (the gate needs a JWT secret when any do).
