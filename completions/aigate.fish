@@ -196,6 +196,7 @@ complete -c aigate -n "__fish_aigate_using_subcommand serve" -l connect-timeout 
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l response-timeout -d 'Time for the upstream to start answering (a model may take minutes to load)' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l idle-timeout -d 'Longest silence between two chunks of a streamed response' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l header-timeout -d 'Time a client has to send its request head (slowloris guard)' -r
+complete -c aigate -n "__fish_aigate_using_subcommand serve" -l body-timeout -d 'Longest silence between two pieces of a request body (a stalled upload is answered 408)' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l shutdown-timeout -d 'On SIGTERM/SIGINT, how long in-flight requests may take to finish' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l metrics-listen -d 'Serve Prometheus metrics on this separate address, IP:PORT or HOST:PORT (off by default)' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l workers -d 'Worker threads, each with its own listener (SO_REUSEPORT), runtime and upstream connections [default: one per CPU]' -r

@@ -478,6 +478,10 @@ pub struct ServeArgs {
     /// Time a client has to send its request head (slowloris guard)
     #[arg(long, env = "AIGATE_HEADER_TIMEOUT", default_value = "30s", value_name = "DUR", value_parser = parse_duration)]
     pub header_timeout: Duration,
+    /// Longest silence between two pieces of a request body (a stalled upload is
+    /// answered 408)
+    #[arg(long, env = "AIGATE_BODY_TIMEOUT", default_value = "30s", value_name = "DUR", value_parser = parse_duration)]
+    pub body_timeout: Duration,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish
     #[arg(long, env = "AIGATE_SHUTDOWN_TIMEOUT", default_value = "30s", value_name = "DUR", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

@@ -72,6 +72,7 @@ impl Plan {
             response_timeout: args.response_timeout,
             idle_timeout: args.idle_timeout,
             header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
             shutdown_timeout: args.shutdown_timeout,
             cors_origins: args.cors_origin.clone(),
         };

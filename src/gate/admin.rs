@@ -64,11 +64,16 @@ pub async fn handle(
         (Method::GET, ["keys"]) => Action::List {
             all: query.split('&').any(|p| p == "all=true" || p == "all=1"),
         },
-        (Method::POST, ["keys"]) => Action::Create(json_body::<CreateKey>(req).await?),
+        (Method::POST, ["keys"]) => {
+            Action::Create(json_body::<CreateKey>(req, state.config.body_timeout).await?)
+        }
         (Method::DELETE, ["keys", id]) => Action::Revoke(id_of(id)?),
         (Method::POST, ["keys", id, "rotate"]) => {
             let id = id_of(id)?;
-            Action::Rotate(id, json_body::<Rotate>(req).await?)
+            Action::Rotate(
+                id,
+                json_body::<Rotate>(req, state.config.body_timeout).await?,
+            )
         }
         (_, ["keys"]) | (_, ["keys", _]) | (_, ["keys", _, "rotate"]) => {
             return Err(GateError::MethodNotAllowed(None));
@@ -109,8 +114,9 @@ pub async fn handle(
 
 async fn json_body<T: for<'de> Deserialize<'de> + Default>(
     req: Request<Incoming>,
+    idle: std::time::Duration,
 ) -> Result<T, GateError> {
-    let bytes = body::read(req.into_body(), 64 * 1024).await?;
+    let bytes = body::read(req.into_body(), 64 * 1024, idle).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

@@ -1,11 +1,18 @@
 //! Request bodies: read whole (bounded) when the gate must look at them, and the models
 //! a JSON body names, read as Ollama's Go decoder reads them.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::HeaderMap;
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header;
+use tokio::time::{Instant, Sleep};
+
+use super::respond::BoxError;
 
 use super::error::GateError;
 
@@ -17,12 +24,23 @@ pub fn declared_len(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Reads the whole request body, at most `limit` bytes. A body that comes in one
-/// frame, as most do, is kept as it came, without a copy.
-pub async fn read(mut body: Incoming, limit: u64) -> Result<Bytes, GateError> {
+/// A request body that went silent for longer than the body timeout (a client
+/// trickling bytes to hold a connection and a task).
+#[derive(Debug, thiserror::Error)]
+#[error("request body stalled for {0:?}")]
+pub struct Stalled(pub Duration);
+
+/// Reads the whole request body, at most `limit` bytes, each frame within `idle` of the
+/// one before. A body that comes in one frame, as most do, is kept as it came, without
+/// a copy.
+pub async fn read(mut body: Incoming, limit: u64, idle: Duration) -> Result<Bytes, GateError> {
     let mut first: Option<Bytes> = None;
     let mut joined = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(frame) = tokio::time::timeout(idle, body.frame()).await else {
+            return Err(GateError::BodyStalled(Stalled(idle)));
+        };
+        let Some(frame) = frame else { break };
         let Ok(data) = frame.map_err(GateError::BodyUnreadable)?.into_data() else {
             continue; // trailers
         };
@@ -41,6 +59,55 @@ pub async fn read(mut body: Incoming, limit: u64) -> Result<Bytes, GateError> {
         }
     }
     Ok(first.unwrap_or_else(|| joined.freeze()))
+}
+
+/// A request body streamed on to the upstream, ended with [`Stalled`] when the client
+/// goes silent for longer than `idle` between two frames.
+pub struct Guarded {
+    inner: Incoming,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Guarded {
+    /// Guards `inner` with the idle timeout `idle`.
+    pub fn new(inner: Incoming, idle: Duration) -> Guarded {
+        Guarded {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl HttpBody for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                this.timer.as_mut().reset(Instant::now() + this.idle);
+                Poll::Ready(r.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The request's generation capped at `remaining` tokens, so that one request cannot

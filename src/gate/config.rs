@@ -17,6 +17,8 @@ pub struct Config {
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
     pub header_timeout: Duration,
+    /// Longest silence between two frames of a request body.
+    pub body_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub cors_origins: Vec<String>,
 }

@@ -24,6 +24,8 @@ pub enum GateError {
     BodyTooLarge(u64),
     #[error("Could not read the request body")]
     BodyUnreadable(#[source] hyper::Error),
+    #[error("Request body timed out")]
+    BodyStalled(#[source] super::body::Stalled),
     #[error("Request body is not valid JSON")]
     NotJson,
     /// A client mistake the message explains (400).
@@ -53,7 +55,7 @@ pub enum GateError {
         retry_after: u64,
     },
     #[error("{}", if .0.is_timeout() { "Upstream timeout" } else { "Upstream unavailable" })]
-    Upstream(#[from] UpstreamError),
+    Upstream(UpstreamError),
     /// The database could not answer (503).
     #[error("{0}")]
     Unavailable(&'static str),
@@ -64,6 +66,21 @@ pub enum GateError {
 const CHALLENGE: &str = r#"Bearer realm="aigate""#;
 const CHALLENGE_INVALID: &str = r#"Bearer realm="aigate", error="invalid_token""#;
 
+impl From<UpstreamError> for GateError {
+    /// An upstream request that failed because the client's body stalled is the
+    /// client's timeout (408), not the upstream's fault.
+    fn from(e: UpstreamError) -> GateError {
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if let Some(stalled) = s.downcast_ref::<super::body::Stalled>() {
+                return GateError::BodyStalled(super::body::Stalled(stalled.0));
+            }
+            source = s.source();
+        }
+        GateError::Upstream(e)
+    }
+}
+
 impl GateError {
     /// The status this error answers with.
     pub fn status(&self) -> StatusCode {
@@ -73,6 +90,7 @@ impl GateError {
             | GateError::NotJson
             | GateError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GateError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GateError::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
             GateError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GateError::BadLoginBody => StatusCode::UNPROCESSABLE_ENTITY,
             GateError::Auth(AuthError::Unavailable) | GateError::Unavailable(_) => {

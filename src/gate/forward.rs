@@ -56,7 +56,7 @@ pub async fn forward(
     let must_read = has_body && (filter.is_some() || quota.is_some() || declared.is_none());
     let mut request_bytes = declared.unwrap_or(0);
     let (up_body, model) = if must_read {
-        let bytes = body::read(incoming, max).await?;
+        let bytes = body::read(incoming, max, state.config.body_timeout).await?;
         request_bytes = bytes.len() as u64;
         let models = body::models_of(&bytes);
         // With an allow-list, a body must be one the gate can read the model of: a
@@ -83,7 +83,10 @@ pub async fn forward(
         }
         (respond::full(bytes), models.pop())
     } else {
-        (incoming.map_err(Into::into).boxed(), None)
+        (
+            body::Guarded::new(incoming, state.config.body_timeout).boxed(),
+            None,
+        )
     };
     let peer_trusted = state
         .config

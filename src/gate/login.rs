@@ -50,7 +50,7 @@ pub async fn handle(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let bytes = body::read(req.into_body(), MAX_LOGIN_BODY).await?;
+    let bytes = body::read(req.into_body(), MAX_LOGIN_BODY, state.config.body_timeout).await?;
     let form: Option<LoginForm> = if form_encoded {
         serde_urlencoded::from_bytes(&bytes).ok()
     } else {
