@@ -254,13 +254,17 @@ _aigate() {
             return 0
             ;;
         aigate__subcmd__audit)
-            opts="-h -V --since --json --db --help --version"
+            opts="-y -h -V --since --json --prune-older-than --yes --db --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --prune-older-than)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

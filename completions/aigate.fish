@@ -32,7 +32,7 @@ complete -c aigate -n "__fish_aigate_needs_command" -f -a "key" -d 'Create, list
 complete -c aigate -n "__fish_aigate_needs_command" -f -a "user" -d 'Add, list and manage users who log in for a token'
 complete -c aigate -n "__fish_aigate_needs_command" -f -a "tier" -d 'List tiers and set their limits'
 complete -c aigate -n "__fish_aigate_needs_command" -f -a "usage" -d 'Requests and tokens by key, user or model'
-complete -c aigate -n "__fish_aigate_needs_command" -f -a "audit" -d 'Authentication failures and admin actions'
+complete -c aigate -n "__fish_aigate_needs_command" -f -a "audit" -d 'Authentication failures and admin actions; prune old ones'
 complete -c aigate -n "__fish_aigate_needs_command" -f -a "status" -d 'Version, database path, schema version and counts'
 complete -c aigate -n "__fish_aigate_needs_command" -f -a "serve" -d 'Run the authenticating proxy in front of Ollama'
 complete -c aigate -n "__fish_aigate_needs_command" -f -a "completions" -d 'Print a shell completion script'
@@ -176,8 +176,10 @@ complete -c aigate -n "__fish_aigate_using_subcommand usage" -l json -d 'Print J
 complete -c aigate -n "__fish_aigate_using_subcommand usage" -s h -l help -d 'Print help'
 complete -c aigate -n "__fish_aigate_using_subcommand usage" -s V -l version -d 'Print version'
 complete -c aigate -n "__fish_aigate_using_subcommand audit" -l since -d 'Only entries from this long ago on' -r
+complete -c aigate -n "__fish_aigate_using_subcommand audit" -l prune-older-than -d 'Delete the entries older than this (e.g. 90d) instead of listing; asks first on a terminal' -r
 complete -c aigate -n "__fish_aigate_using_subcommand audit" -l db -d 'The SQLite database [default: $XDG_DATA_HOME/aigate/aigate.db]' -r -F
 complete -c aigate -n "__fish_aigate_using_subcommand audit" -l json -d 'Print JSON instead of a table'
+complete -c aigate -n "__fish_aigate_using_subcommand audit" -s y -l yes -d 'Do not ask before pruning'
 complete -c aigate -n "__fish_aigate_using_subcommand audit" -s h -l help -d 'Print help'
 complete -c aigate -n "__fish_aigate_using_subcommand audit" -s V -l version -d 'Print version'
 complete -c aigate -n "__fish_aigate_using_subcommand status" -l db -d 'The SQLite database [default: $XDG_DATA_HOME/aigate/aigate.db]' -r -F
@@ -213,7 +215,7 @@ complete -c aigate -n "__fish_aigate_using_subcommand help; and not __fish_seen_
 complete -c aigate -n "__fish_aigate_using_subcommand help; and not __fish_seen_subcommand_from init key user tier usage audit status serve completions help" -f -a "user" -d 'Add, list and manage users who log in for a token'
 complete -c aigate -n "__fish_aigate_using_subcommand help; and not __fish_seen_subcommand_from init key user tier usage audit status serve completions help" -f -a "tier" -d 'List tiers and set their limits'
 complete -c aigate -n "__fish_aigate_using_subcommand help; and not __fish_seen_subcommand_from init key user tier usage audit status serve completions help" -f -a "usage" -d 'Requests and tokens by key, user or model'
-complete -c aigate -n "__fish_aigate_using_subcommand help; and not __fish_seen_subcommand_from init key user tier usage audit status serve completions help" -f -a "audit" -d 'Authentication failures and admin actions'
+complete -c aigate -n "__fish_aigate_using_subcommand help; and not __fish_seen_subcommand_from init key user tier usage audit status serve completions help" -f -a "audit" -d 'Authentication failures and admin actions; prune old ones'
 complete -c aigate -n "__fish_aigate_using_subcommand help; and not __fish_seen_subcommand_from init key user tier usage audit status serve completions help" -f -a "status" -d 'Version, database path, schema version and counts'
 complete -c aigate -n "__fish_aigate_using_subcommand help; and not __fish_seen_subcommand_from init key user tier usage audit status serve completions help" -f -a "serve" -d 'Run the authenticating proxy in front of Ollama'
 complete -c aigate -n "__fish_aigate_using_subcommand help; and not __fish_seen_subcommand_from init key user tier usage audit status serve completions help" -f -a "completions" -d 'Print a shell completion script'

@@ -154,7 +154,7 @@ pub enum Command {
     Tier(TierCommand),
     /// Requests and tokens by key, user or model
     Usage(UsageArgs),
-    /// Authentication failures and admin actions
+    /// Authentication failures and admin actions; prune old ones
     Audit(AuditArgs),
     /// Version, database path, schema version and counts
     Status(JsonArg),
@@ -387,7 +387,7 @@ pub struct UsageArgs {
     pub json: JsonArg,
 }
 
-/// `aigate audit`
+/// `aigate audit`: lists entries, or with `--prune-older-than` deletes old ones.
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     /// Only entries from this long ago on
@@ -395,6 +395,18 @@ pub struct AuditArgs {
     pub since: Duration,
     #[command(flatten)]
     pub json: JsonArg,
+    /// Delete the entries older than this (e.g. 90d) instead of listing; asks first on a
+    /// terminal
+    #[arg(
+        long,
+        value_name = "DUR",
+        value_parser = parse_duration,
+        conflicts_with_all = ["since", "json"]
+    )]
+    pub prune_older_than: Option<Duration>,
+    /// Do not ask before pruning
+    #[arg(long, short, requires = "prune_older_than")]
+    pub yes: bool,
 }
 
 /// `aigate serve`. Every option also reads the `AIGATE_*` variable named in its help.

@@ -1947,3 +1947,71 @@ fn text_a_client_chose_never_reaches_the_terminal_as_control_characters() {
     assert_terminal_safe(&out.stderr);
     assert!(out.stderr.contains(HOSTILE_SHOWN), "{out:#?}");
 }
+
+// ---------------------------------------------------------------- audit retention
+
+#[test]
+fn audit_prune_older_than_deletes_old_entries_and_records_itself() {
+    let env = Env::init();
+    env.key(&[]);
+    let conn = env.conn();
+    let t = now();
+    for (at, ip) in [
+        (t - 100 * 86_400, "10.0.0.1"),
+        (t - 50 * 86_400, "10.0.0.2"),
+        (t - 3_600, "10.0.0.3"),
+    ] {
+        conn.execute(
+            "INSERT INTO audit (at, kind, ip, reason) VALUES (?1, 'auth_failure', ?2, 'invalid key')",
+            rusqlite::params![at, ip],
+        )
+        .expect("insert audit");
+    }
+    let total = |env: &Env| count(&env.conn(), "SELECT count(*) FROM audit");
+    assert_eq!(total(&env), 4);
+
+    // Destructive: without a terminal it needs --yes, and changes nothing without it.
+    env.run(&["audit", "--prune-older-than", "30d"])
+        .fails("pass --yes");
+    assert_eq!(total(&env), 4);
+
+    let out = env.ok(&["audit", "--prune-older-than", "30d", "--yes"]);
+    assert!(out.stdout.is_empty(), "{out:#?}");
+    assert!(out.stderr.contains("deleted 2 audit entries"), "{out:#?}");
+    let left = env.json(&["audit", "--since", "3650d", "--json"]);
+    let ips: Vec<&Value> = array(&left).iter().map(|e| &e["ip"]).collect();
+    assert_eq!(
+        ips,
+        [&json!("10.0.0.3"), &Value::Null, &Value::Null],
+        "{left}"
+    );
+    let kinds: Vec<&str> = array(&left)
+        .iter()
+        .map(|e| e["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["auth_failure", "key_create", "audit_prune"]);
+    let prune = &array(&left)[2];
+    let detail = prune["detail"].as_str().expect("detail");
+    assert!(detail.ends_with(" deleted=2 by=tester"), "{detail}");
+    let before = detail
+        .strip_prefix("before=")
+        .and_then(|d| d.split(' ').next())
+        .expect("before=");
+    assert_near(secs(&json!(before)), t - 30 * 86_400);
+
+    // Nothing that old left: no question, and the run is still recorded.
+    let out = env.ok(&["audit", "--prune-older-than", "30d"]);
+    assert!(out.stderr.contains("deleted 0 audit entries"), "{out:#?}");
+    assert_eq!(total(&env), 4);
+
+    // The listing's options do not mix with pruning; --yes means nothing without it.
+    for args in [
+        &["audit", "--prune-older-than", "30d", "--json"][..],
+        &["audit", "--prune-older-than", "30d", "--since", "1d"],
+        &["audit", "--prune-older-than", "soon", "--yes"],
+        &["audit", "--yes"],
+    ] {
+        env.run(args).usage_error();
+    }
+    assert_eq!(total(&env), 4);
+}

@@ -265,3 +265,83 @@ pub fn set_tier_audited(conn: &Connection, name: &str, tier: &str, by: &str) -> 
 pub fn count(conn: &Connection) -> Result<i64> {
     Ok(conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tiers::{self, Change, TierChange};
+    use crate::store::{OpenMode, Store, StoreError, keys};
+
+    /// (kind, user, detail) of every audit row, oldest first.
+    fn rows(store: &Store) -> Vec<(String, Option<String>, String)> {
+        crate::store::audit::list(store.conn(), 0)
+            .expect("audit")
+            .into_iter()
+            .map(|r| (r.kind, r.user, r.detail.unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn every_audited_action_writes_its_row_and_a_failed_one_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("a.db"), OpenMode::Create).expect("open");
+        let row = |kind: &str, user: Option<&str>, detail: &str| {
+            (kind.to_string(), user.map(String::from), detail.to_string())
+        };
+        store
+            .write(|tx| {
+                add_audited(tx, "bob", "$argon2id$x", "free", "op")?;
+                set_password_audited(tx, "bob", "$argon2id$y", "op")?;
+                set_disabled_audited(tx, "bob", true, "op")?;
+                set_disabled_audited(tx, "bob", false, "op")?;
+                set_tier_audited(tx, "bob", "pro", "op")?;
+                let change = TierChange {
+                    rpm: Change::Set(9),
+                    ..TierChange::default()
+                };
+                tiers::set_audited(tx, "gold", &change, "op")?;
+                let new =
+                    crate::auth::key::generate().map_err(|e| StoreError::Invalid(e.to_string()))?;
+                let params = keys::NewKeyParams {
+                    user: Some("bob".into()),
+                    ..keys::NewKeyParams::default()
+                };
+                let k = keys::create(tx, &new, &params)?;
+                keys::set_audited(tx, k.id, &keys::KeyChange::default(), "op")?;
+                remove_audited(tx, "bob", "op")?;
+                Ok(())
+            })
+            .expect("the actions");
+        assert_eq!(
+            rows(&store),
+            [
+                row("user_add", Some("bob"), "tier=free by=op"),
+                row("user_passwd", Some("bob"), "by=op"),
+                row("user_disable", Some("bob"), "by=op"),
+                row("user_enable", Some("bob"), "by=op"),
+                row("user_set_tier", Some("bob"), "tier=pro by=op"),
+                row(
+                    "tier_set",
+                    None,
+                    "tier=gold rpm=9 concurrency=- tokens_per_day=- models=* admin=false by=op"
+                ),
+                row("key_set", Some("bob"), "id=1 by=op"),
+                row("user_remove", Some("bob"), "revoked_keys=1 by=op"),
+            ]
+        );
+
+        // A refused action leaves no row behind.
+        let before = rows(&store).len();
+        for failed in [
+            store.write(|tx| add_audited(tx, "carol", "h", "no-such-tier", "op").map(drop)),
+            store.write(|tx| set_tier_audited(tx, "nobody", "pro", "op").map(drop)),
+            store.write(|tx| remove_audited(tx, "nobody", "op").map(drop)),
+            store.write(|tx| {
+                tiers::set_audited(tx, "bad name", &TierChange::default(), "op").map(drop)
+            }),
+        ] {
+            assert!(failed.is_err());
+        }
+        assert_eq!(rows(&store).len(), before);
+    }
+}
