@@ -529,6 +529,12 @@ async fn upstream_down_then_up_without_restart() {
     let db = Db::new();
     let (_, key) = db.key(&["--tier", "admin"]);
     let gate = Gate::start(&db.path, &format!("http://{addr}"), &["--no-login"]);
+    // The start says so, once, before any request.
+    let said = support::gate::eventually(Duration::from_secs(2), || async {
+        gate.logs().contains(&format!("upstream http://{addr} is not reachable"))
+    })
+    .await;
+    assert!(said.is_some(), "{}", gate.logs());
     let r = get(&gate.url("/api/tags"), &key).await;
     assert_eq!(r.status, 502);
     assert_eq!(

@@ -1213,6 +1213,11 @@ async fn upstream_killed_mid_stream_ends_the_response_and_the_gate_lives() {
     eprintln!("stream after the kill: {ended:?}, {} bytes", rest.len());
     // Cut short: whatever arrived, the final line did not.
     assert!(!text.contains(r#""done":true"#), "{text}");
+    let logged = eventually(Duration::from_secs(2), || async {
+        gate.logs().contains("upstream ended a response early")
+    })
+    .await;
+    assert!(logged.is_some(), "no log line: {}", gate.logs());
 
     assert_eq!(get(&gate.url("/healthz"), "").await.status, 200);
     let _fake = FakeOllama::start_on(addr, opts)

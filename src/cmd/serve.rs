@@ -179,6 +179,27 @@ fn start(plan: Plan) -> anyhow::Result<()> {
                 .and_then(|l| l.local_addr().ok())
                 .map_or("off".to_string(), |a| format!("http://{a}/metrics")),
         );
+        // Say once, at start, if an upstream is not there: a gate in front of nothing
+        // otherwise looks healthy until the first request gets its 502.
+        for up in &config.upstreams {
+            let host = up.authority.host().trim_start_matches('[').trim_end_matches(']');
+            let port = up.authority.port_u16().unwrap_or(80);
+            let probe = tokio::time::timeout(
+                config.connect_timeout,
+                tokio::net::TcpStream::connect((host, port)),
+            );
+            match probe.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    "upstream http://{} is not reachable ({e}); requests get 502 until it is",
+                    up.authority
+                ),
+                Err(_) => tracing::warn!(
+                    "upstream http://{} did not accept a connection within {:?}; requests get 504 until it does",
+                    up.authority, config.connect_timeout
+                ),
+            }
+        }
         if let Some(ml) = metrics_listener {
             let mut rx = stop_rx.clone();
             tokio::spawn(server::run_metrics(ml, shared.metrics.clone(), async move {

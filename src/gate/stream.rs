@@ -161,6 +161,9 @@ impl HttpBody for Tapped {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
+                // Once per response: the upstream died or reset mid-stream; the client
+                // sees its response end early.
+                tracing::warn!("upstream ended a response early: {e}");
                 this.finish();
                 Poll::Ready(Some(Err(e.into())))
             }
