@@ -1,3 +1,5 @@
-//! Test support: a fake Ollama and a harness that runs the real gate.
+//! Test support: a fake Ollama, a harness that runs the real gate, and a real
+//! OpenAI-compatible server (llama-cpp-python) with a tiny model.
 pub mod fake_ollama;
 pub mod gate;
+pub mod llama;
