@@ -1,6 +1,7 @@
 //! Facts about a real OpenAI-compatible server (llama-cpp-python's `llama_cpp.server`
 //! with a tiny random-weight model) that the gate relies on, checked straight against
-//! the server. Each test starts its own server; the first one installs the packages into
+//! the server; then the gate in front of it, counting and capping the tokens of a
+//! server that never reports usage in a stream. Each test starts its own server; the first one installs the packages into
 //! `target/llama` (see `support::llama`).
 
 mod support;
@@ -8,7 +9,7 @@ mod support;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use support::gate::{Reply, send};
+use support::gate::{Db, Gate, Reply, eventually, send};
 use support::llama::{LlamaServer, MODEL, N_CTX};
 
 /// Starts a server off the async runtime (it blocks while it installs and loads).
@@ -328,4 +329,106 @@ async fn bad_requests() {
     let reply = send(Method::GET, &format!("{}/api/tags", server.url()), &[], "").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.json(), json!({"detail": "Not Found"}));
+}
+
+/// `POST {gate}{path}` with a JSON body and `key`.
+async fn gate_post(gate: &Gate, key: &str, path: &str, body: &Value) -> Reply {
+    send(
+        Method::POST,
+        &gate.url(path),
+        &[("content-type", "application/json"), ("x-api-key", key)],
+        &body.to_string(),
+    )
+    .await
+}
+
+/// Tokens the gate has recorded for key `id`: (prompt, completion).
+fn recorded(db: &Db, id: i64) -> (u64, u64) {
+    let rows: Vec<Value> =
+        serde_json::from_str(&db.cli(&["usage", "--json", "--by", "key"])).expect("usage json");
+    rows.iter()
+        .filter(|r| r["key_id"] == id)
+        .fold((0, 0), |(p, c), r| {
+            (
+                p + r["prompt_tokens"].as_u64().unwrap_or(0),
+                c + r["completion_tokens"].as_u64().unwrap_or(0),
+            )
+        })
+}
+
+/// Through the gate: a stream from llama.cpp, which never reports usage, is charged one
+/// token per delivered chunk (its role and finish chunks included: a margin of two) and
+/// the prompt by its size; a non-streamed answer is charged the server's own counts;
+/// generation is capped to what is left of the day's quota; then the quota refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_counts_and_caps_the_tokens_of_a_server_without_stream_usage() {
+    let server = server().await;
+    let db = Db::new();
+    db.cli(&["tier", "set", "metered", "--tokens-per-day", "120"]);
+    let (id, key) = {
+        let v: Value =
+            serde_json::from_str(&db.cli(&["key", "create", "--tier", "metered", "--json"]))
+                .expect("key json");
+        (
+            v["id"].as_i64().expect("id"),
+            v["key"].as_str().expect("key").to_string(),
+        )
+    };
+    let gate = Gate::start(&db.path, &server.url(), &["--no-login"]);
+
+    // 1. Streamed, no usage asked for: none is sent, and the deltas are counted.
+    let body = chat(10, true);
+    let r = gate_post(&gate, &key, "/v1/chat/completions", &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let sse = Sse::parse(&r.text());
+    assert!(sse.with_usage().is_empty());
+    assert_eq!(sse.contents().len(), 10);
+    let prompt = body.to_string().len().div_ceil(4) as u64;
+    let first = eventually(std::time::Duration::from_secs(3), || async {
+        let (p, c) = recorded(&db, id);
+        p == prompt && (10..=12).contains(&c)
+    })
+    .await;
+    assert!(first.is_some(), "recorded {:?}", recorded(&db, id));
+    let after_stream = recorded(&db, id);
+
+    // 2. Not streamed: the server's own usage is what counts.
+    let r = gate_post(&gate, &key, "/v1/chat/completions", &chat(5, false)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let usage = r.json()["usage"].clone();
+    assert_eq!(usage["completion_tokens"], 5, "{usage}");
+    let want = (
+        after_stream.0 + usage["prompt_tokens"].as_u64().expect("prompt_tokens"),
+        after_stream.1 + 5,
+    );
+    let second = eventually(std::time::Duration::from_secs(3), || async {
+        recorded(&db, id) == want
+    })
+    .await;
+    assert!(
+        second.is_some(),
+        "recorded {:?}, want {want:?}",
+        recorded(&db, id)
+    );
+
+    // 3. Asking for 400 tokens gets at most what is left of the 120.
+    let left = 120 - (want.0 + want.1);
+    let r = gate_post(&gate, &key, "/v1/chat/completions", &chat(400, true)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let deltas = Sse::parse(&r.text()).contents().len() as u64;
+    assert!(
+        deltas >= 1 && deltas <= left,
+        "{deltas} deltas with {left} tokens left"
+    );
+
+    // 4. The quota is now spent: refused, in OpenAI's words.
+    let spent = eventually(std::time::Duration::from_secs(3), || async {
+        let (p, c) = recorded(&db, id);
+        p + c >= 120
+    })
+    .await;
+    assert!(spent.is_some(), "recorded {:?}", recorded(&db, id));
+    let r = gate_post(&gate, &key, "/v1/chat/completions", &chat(10, true)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "insufficient_quota");
 }
