@@ -203,7 +203,13 @@ fn reference_route(method: &Method, p: &[u8]) -> Route {
         // The Ollama server's own account.
         b"/api/signin" | b"/api/signout" | b"/api/me" => Route::Management,
         p if p.starts_with(b"/api/user/") => Route::Management,
-        b"/api/tags" | b"/v1/models" if method == Method::GET => Route::Models,
+        p if p == b"/api/experimental" || p.starts_with(b"/api/experimental/") => {
+            Route::Management
+        }
+        b"/api/tags" | b"/v1/models" => Route::Models,
+        b"/api/ps" if method == Method::GET => Route::Models,
+        p if p.starts_with(b"/v1/models/") && method == Method::GET => Route::Model,
+        b"/" | b"/api/version" | b"/api/show" => Route::Info,
         p if p == b"/admin" || p.starts_with(b"/admin/") => Route::Admin,
         p if p == b"/api/blobs" || p.starts_with(b"/api/blobs/") => Route::Management,
         _ => Route::Proxy,
