@@ -62,21 +62,30 @@ pub async fn read(mut body: Incoming, limit: u64, idle: Duration) -> Result<Byte
 }
 
 /// A request body streamed on to the upstream, ended with [`Stalled`] when the client
-/// goes silent for longer than `idle` between two frames.
+/// goes silent for longer than `idle` between two frames. The timer is made only the
+/// first time the client keeps the body waiting (most bodies come with their head) and
+/// moved on only when it fires, as in [`Tapped`](super::stream::Tapped).
 pub struct Guarded {
     inner: Incoming,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    last_frame: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Guarded {
-    /// Guards `inner` with the idle timeout `idle`.
-    pub fn new(inner: Incoming, idle: Duration) -> Guarded {
+    /// `inner` as the upstream request's body, guarded by the idle timeout `idle`.
+    pub fn boxed(inner: Incoming, idle: Duration) -> super::respond::Body {
+        if inner.is_end_stream() {
+            // No body to wait for (a GET): nothing to guard.
+            return inner.map_err(Into::into).boxed();
+        }
         Guarded {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            last_frame: Instant::now(),
+            timer: None,
         }
+        .boxed()
     }
 }
 
@@ -91,13 +100,24 @@ impl HttpBody for Guarded {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(r) => {
-                this.timer.as_mut().reset(Instant::now() + this.idle);
+                this.last_frame = Instant::now();
                 Poll::Ready(r.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let deadline = this.last_frame + this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                while timer.as_mut().poll(cx).is_ready() {
+                    let deadline = this.last_frame + this.idle;
+                    if deadline > Instant::now() {
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    return Poll::Ready(Some(Err(Box::new(Stalled(this.idle)))));
+                }
+                Poll::Pending
+            }
         }
     }
 

@@ -61,8 +61,8 @@ pub async fn forward(
         let models = body::models_of(&bytes);
         // With an allow-list, a body must be one the gate can read the model of: a
         // multipart or form body (whose `model` field Ollama reads too) is refused.
-        let opaque =
-            !bytes.trim_ascii_start().is_empty() && !bytes.trim_ascii_start().starts_with(b"{");
+        let start = bytes.trim_ascii_start();
+        let opaque = !start.is_empty() && !start.starts_with(b"{");
         if filter.is_some() && (models.is_err() || opaque) {
             return Err(GateError::NotJson);
         }
@@ -84,7 +84,7 @@ pub async fn forward(
         (respond::full(bytes), models.pop())
     } else {
         (
-            body::Guarded::new(incoming, state.config.body_timeout).boxed(),
+            body::Guarded::boxed(incoming, state.config.body_timeout),
             None,
         )
     };
