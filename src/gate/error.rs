@@ -54,6 +54,9 @@ pub enum GateError {
         detail: &'static str,
         retry_after: u64,
     },
+    /// Every password-check slot is busy: a gate-wide limit, not the client's (503).
+    #[error("Too many logins in progress; try again shortly")]
+    LoginBusy { retry_after: u64 },
     #[error("{}", if .0.is_timeout() { "Upstream timeout" } else { "Upstream unavailable" })]
     Upstream(UpstreamError),
     /// The database could not answer (503).
@@ -93,9 +96,9 @@ impl GateError {
             GateError::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
             GateError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GateError::BadLoginBody => StatusCode::UNPROCESSABLE_ENTITY,
-            GateError::Auth(AuthError::Unavailable) | GateError::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GateError::Auth(AuthError::Unavailable)
+            | GateError::Unavailable(_)
+            | GateError::LoginBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GateError::Auth(_) | GateError::LoginFailed => StatusCode::UNAUTHORIZED,
             GateError::AdminOnly(_) | GateError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             GateError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -154,7 +157,7 @@ impl GateError {
                     HeaderValue::from(rejection.retry_after().max(1)),
                 );
             }
-            GateError::TooManyLogins { retry_after, .. } => {
+            GateError::TooManyLogins { retry_after, .. } | GateError::LoginBusy { retry_after } => {
                 h.insert(RETRY_AFTER, HeaderValue::from((*retry_after).max(1)));
             }
             GateError::MethodNotAllowed(Some(allow)) => {
@@ -190,9 +193,9 @@ impl GateError {
     /// OpenAI's error `type` and `code` for this error, as its API uses them.
     fn openai_kind(&self) -> (&'static str, Option<&'static str>) {
         match self {
-            GateError::Auth(AuthError::Unavailable) | GateError::Unavailable(_) => {
-                ("server_error", Some("service_unavailable"))
-            }
+            GateError::Auth(AuthError::Unavailable)
+            | GateError::Unavailable(_)
+            | GateError::LoginBusy { .. } => ("server_error", Some("service_unavailable")),
             GateError::Auth(AuthError::Missing) => {
                 ("invalid_request_error", Some("missing_api_key"))
             }

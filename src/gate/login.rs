@@ -12,13 +12,16 @@ use serde::Deserialize;
 
 use super::error::GateError;
 use super::respond::{self, Body};
+use super::throttle::Attempt;
 use super::{State, body, failure};
 use crate::auth::jwt::{self, Claims};
 use crate::auth::password;
-use crate::store::{now, users};
+use crate::store::{StoreError, now, users};
 
 /// The largest login body read.
 const MAX_LOGIN_BODY: u64 = 64 * 1024;
+/// How long a client is asked to wait when every password-check slot is busy.
+const BUSY_RETRY_AFTER: u64 = 1;
 
 #[derive(Deserialize)]
 struct LoginForm {
@@ -38,9 +41,9 @@ pub async fn handle(
     if req.method() != Method::POST {
         return Err(GateError::MethodNotAllowed(Some("POST")));
     }
-    let guard = &state.login;
-    guard
-        .attempt(ip)
+    let mut attempt = state
+        .login
+        .begin(ip)
         .map_err(|retry_after| GateError::TooManyLogins {
             detail: "Too many login attempts; try again later",
             retry_after,
@@ -57,44 +60,30 @@ pub async fn handle(
         serde_json::from_slice(&bytes).ok()
     };
     let form = form.ok_or(GateError::BadLoginBody)?;
-    guard
-        .account_open(&form.username)
+    attempt
+        .account(&form.username)
         .map_err(|retry_after| GateError::TooManyLogins {
             detail: "Too many failed logins for this account; try again later",
             retry_after,
         })?;
-    let verifier = state.verifier.clone();
-    let name = form.username.clone();
+    let Some(slot) = state.login.check_slot().await else {
+        return Err(GateError::LoginBusy {
+            retry_after: BUSY_RETRY_AFTER,
+        });
+    };
+    let task_state = state.clone();
+    // The slot and the attempt go with the check: should the client leave, the check
+    // still holds its slot until argon2 ends, and its outcome is still counted.
     let checked = tokio::task::spawn_blocking(move || {
-        let found = verifier.credentials(&name)?;
-        // Always one argon2 verification, so timing does not tell whether the user exists.
-        let (user, hash) = match &found {
-            Some((u, h)) => (Some(u), h.as_str()),
-            None => (None, password::dummy_hash()),
-        };
-        let ok = password::verify(&form.password, hash);
-        Ok::<_, crate::store::StoreError>(match user {
-            Some(u) if ok && !u.disabled => Some((u.clone(), jwt::fingerprint(hash))),
-            _ => None,
-        })
+        let checked = check(&task_state, ip, &form, attempt);
+        drop(slot);
+        checked
     })
     .await;
-    let user: Option<(users::User, String)> = match checked {
-        Ok(Ok(u)) => u,
+    let (user, fp) = match checked {
+        Ok(Ok(Some(found))) => found,
+        Ok(Ok(None)) => return Err(GateError::LoginFailed),
         _ => return Err(GateError::Unavailable("Credential store unavailable")),
-    };
-    let Some((user, fp)) = user else {
-        guard.failed(&form.username);
-        failure::record(
-            state,
-            ip,
-            "bad_login",
-            None,
-            Some(form.username.chars().take(64).collect()),
-            &Method::POST,
-            "/auth/login",
-        );
-        return Err(GateError::LoginFailed);
     };
     let ttl = state.config.token_ttl.as_secs();
     let iat = now() as u64;
@@ -113,4 +102,38 @@ pub async fn handle(
         StatusCode::OK,
         &serde_json::json!({ "access_token": token, "token_type": "bearer", "expires_in": ttl }),
     ))
+}
+
+/// Checks the password, blocking: when it is right and the user enabled, the user and
+/// the fingerprint of their password hash (a token's `fp`).
+/// Always one argon2 verification, so timing does not tell whether the user exists.
+/// A failure is counted and recorded here.
+fn check(
+    state: &State,
+    ip: IpAddr,
+    form: &LoginForm,
+    attempt: Attempt,
+) -> Result<Option<(users::User, String)>, StoreError> {
+    let found = state.verifier.credentials(&form.username)?;
+    let hash = found
+        .as_ref()
+        .map_or(password::dummy_hash(), |(_, h)| h.as_str());
+    let ok = password::verify(&form.password, hash);
+    match found {
+        Some((user, hash)) if ok && !user.disabled => Ok(Some((user, jwt::fingerprint(&hash)))),
+        _ => {
+            attempt.failed();
+            let user = Some(form.username.chars().take(64).collect());
+            failure::record(
+                state,
+                ip,
+                "bad_login",
+                None,
+                user,
+                &Method::POST,
+                "/auth/login",
+            );
+            Ok(None)
+        }
+    }
 }
