@@ -1,7 +1,7 @@
 //! `POST /auth/login` against hostile clients (SPEC §4): a flood of failed logins stays
 //! within bounded memory and threads and leaves API keys fast; per-address limits treat
 //! an IPv6 /64 as one address and count only failures; failures from elsewhere never
-//! lock a user out.
+//! lock a user out; a JSON body is read whatever its `Content-Type`.
 //! Each test runs its own fake Ollama, `aigate serve` and database.
 mod support;
 
@@ -243,4 +243,26 @@ async fn only_failed_logins_count_towards_the_address_limit() {
     assert_retry(&login_from(&gate, "", "ana", PASSWORD).await, 429, 60);
     let r = login_raw(&gate, "", Some("application/json"), "{").await;
     assert_retry(&r, 429, 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_body_is_read_whatever_the_content_type_says() {
+    let fake = fake().await;
+    let db = Db::new();
+    db.user("ana", PASSWORD, "pro");
+    let gate = Gate::start(&db.path, &fake.url(), &[]);
+    let json = json!({ "username": "ana", "password": PASSWORD }).to_string();
+
+    // What `curl -d '{…}'` sends.
+    let curl = Some("application/x-www-form-urlencoded");
+    assert_token(&login_raw(&gate, "", curl, &json).await);
+    let padded = format!(" \r\n\t{json}\n");
+    assert_token(&login_raw(&gate, "", Some("text/plain"), &padded).await);
+    assert_token(&login_raw(&gate, "", None, &json).await);
+    // And a form is a form, even labelled JSON.
+    let form = format!("username=ana&password={}", PASSWORD.replace(' ', "+"));
+    assert_token(&login_raw(&gate, "", Some("application/json"), &form).await);
+    assert_token(&login_raw(&gate, "", curl, &form).await);
+    let r = login_raw(&gate, "", curl, r#"{"username":"ana","password":"wrong"}"#).await;
+    assert_eq!(r.status, 401, "{}", r.text());
 }

@@ -1,12 +1,12 @@
 //! `POST /auth/login`: a password for a JWT, within the [`throttle`](super::throttle)'s
 //! limits; an unknown user and a wrong password get the same answer after the same
-//! argon2 work.
+//! argon2 work. The body is JSON when it looks like JSON, whatever its `Content-Type`
+//! says (`curl -d` labels JSON as a form), else a form.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
@@ -48,18 +48,8 @@ pub async fn handle(
             detail: "Too many login attempts; try again later",
             retry_after,
         })?;
-    let form_encoded = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let bytes = body::read(req.into_body(), MAX_LOGIN_BODY, state.config.body_timeout).await?;
-    let form: Option<LoginForm> = if form_encoded {
-        serde_urlencoded::from_bytes(&bytes).ok()
-    } else {
-        serde_json::from_slice(&bytes).ok()
-    };
-    let form = form.ok_or(GateError::BadLoginBody)?;
+    let form = parse(&bytes).ok_or(GateError::BadLoginBody)?;
     attempt
         .account(&form.username)
         .map_err(|retry_after| GateError::TooManyLogins {
@@ -104,6 +94,19 @@ pub async fn handle(
     ))
 }
 
+/// The login fields: JSON when the body opens with `{`, else a form.
+fn parse(bytes: &[u8]) -> Option<LoginForm> {
+    let json = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{');
+    if json {
+        serde_json::from_slice(bytes).ok()
+    } else {
+        serde_urlencoded::from_bytes(bytes).ok()
+    }
+}
+
 /// Checks the password, blocking: when it is right and the user enabled, the user and
 /// the fingerprint of their password hash (a token's `fp`).
 /// Always one argon2 verification, so timing does not tell whether the user exists.
@@ -135,5 +138,31 @@ fn check(
             );
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_json_when_it_opens_with_a_brace_else_a_form() {
+        let form = parse(b" \n\t{\"username\":\"ana\",\"password\":\"p w\"}").expect("json");
+        assert_eq!(
+            (form.username.as_str(), form.password.as_str()),
+            ("ana", "p w")
+        );
+        let form = parse(b"username=ana&password=p+w").expect("form");
+        assert_eq!(
+            (form.username.as_str(), form.password.as_str()),
+            ("ana", "p w")
+        );
+        assert!(parse(b"{\"username\":\"ana\"}").is_none(), "no password");
+        assert!(
+            parse(b"{username=ana&password=x").is_none(),
+            "broken JSON is no form"
+        );
+        assert!(parse(b"").is_none());
+        assert!(parse(b"[\"ana\",\"x\"]").is_none());
     }
 }
