@@ -1,15 +1,18 @@
 //! `POST /auth/login` against hostile clients (SPEC §4): a flood of failed logins stays
 //! within bounded memory and threads and leaves API keys fast; per-address limits treat
 //! an IPv6 /64 as one address and count only failures; failures from elsewhere never
-//! lock a user out; a JSON body is read whatever its `Content-Type`.
+//! lock a user out; a JSON body is read whatever its `Content-Type`; a username that
+//! names no user never reaches the audit table or the log.
 //! Each test runs its own fake Ollama, `aigate serve` and database.
 mod support;
+
+use std::time::Duration;
 
 use hyper::Method;
 use serde_json::json;
 
 use support::fake_ollama::{FakeOllama, FakeOptions};
-use support::gate::{Db, Gate, Reply, get, send};
+use support::gate::{Db, Gate, Reply, eventually, get, send};
 
 const PASSWORD: &str = "correct horse battery";
 /// The test runs the gate behind this "proxy", so `X-Forwarded-For` names the client.
@@ -265,4 +268,48 @@ async fn a_json_body_is_read_whatever_the_content_type_says() {
     assert_token(&login_raw(&gate, "", curl, &form).await);
     let r = login_raw(&gate, "", curl, r#"{"username":"ana","password":"wrong"}"#).await;
     assert_eq!(r.status, 401, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_username_that_names_no_user_is_neither_audited_nor_logged() {
+    const TYPED: &str = "hunter2-secret-typed-here";
+    let fake = fake().await;
+    let db = Db::new();
+    db.user("ana", PASSWORD, "pro");
+    let gate = Gate::start(&db.path, &fake.url(), &[]);
+
+    let r = login_from(&gate, "", TYPED, "ana").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = login_from(&gate, "", "ana", "wrong").await;
+    assert_eq!(r.status, 401, "{}", r.text());
+
+    let users = || {
+        let conn = db.conn();
+        let mut stmt = conn
+            .prepare("SELECT user FROM audit WHERE kind = 'auth_failure' ORDER BY id")
+            .expect("prepare");
+        stmt.query_map([], |r| r.get::<_, Option<String>>(0))
+            .expect("query")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("rows")
+    };
+    let flushed = eventually(Duration::from_secs(5), || {
+        let n = users().len();
+        async move { n >= 2 }
+    })
+    .await;
+    assert!(flushed.is_some(), "audit rows: {:?}", users());
+    assert_eq!(users(), vec![None, Some("ana".to_string())]);
+
+    let conn = db.conn();
+    let mut stmt = conn
+        .prepare(
+            "SELECT count(*) FROM audit WHERE instr(coalesce(kind, '') || coalesce(ip, '') || \
+             coalesce(reason, '') || coalesce(key_prefix, '') || coalesce(user, '') || \
+             coalesce(detail, ''), ?1) > 0",
+        )
+        .expect("prepare");
+    let rows: i64 = stmt.query_row([TYPED], |r| r.get(0)).expect("count");
+    assert_eq!(rows, 0, "the typed username was stored");
+    assert!(!gate.logs().contains(TYPED), "{}", gate.logs());
 }

@@ -110,7 +110,8 @@ fn parse(bytes: &[u8]) -> Option<LoginForm> {
 /// Checks the password, blocking: when it is right and the user enabled, the user and
 /// the fingerprint of their password hash (a token's `fp`).
 /// Always one argon2 verification, so timing does not tell whether the user exists.
-/// A failure is counted and recorded here.
+/// A failure is counted and recorded here, naming the account only if it exists: a
+/// password typed into the username field is never stored.
 fn check(
     state: &State,
     ip: IpAddr,
@@ -124,9 +125,9 @@ fn check(
     let ok = password::verify(&form.password, hash);
     match found {
         Some((user, hash)) if ok && !user.disabled => Ok(Some((user, jwt::fingerprint(&hash)))),
-        _ => {
+        found => {
             attempt.failed();
-            let user = Some(form.username.chars().take(64).collect());
+            let user = found.map(|(u, _)| u.username);
             failure::record(
                 state,
                 ip,
