@@ -2,7 +2,7 @@
 //! 5 failed logins a minute; per account *and* address at most 10 failures in 15
 //! minutes, so that failures from elsewhere never lock a user out of their own address;
 //! and gate-wide at most a few password checks at once, since each holds argon2's 19 MiB
-//! on a blocking thread.
+//! and a whole CPU on a blocking thread.
 //!
 //! An attempt reserves a place in its windows before its password is checked and keeps
 //! it only if the check fails: a success, or a request that never reached the check,
@@ -71,10 +71,11 @@ pub struct LoginThrottle {
 }
 
 impl Default for LoginThrottle {
-    /// One check slot per CPU, at most [`MAX_CHECKS`].
+    /// One check slot per two CPUs, at least 1 and at most [`MAX_CHECKS`]: a flood of
+    /// logins leaves at least half the CPUs to the requests of valid credentials.
     fn default() -> LoginThrottle {
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        LoginThrottle::new(cpus.clamp(1, MAX_CHECKS))
+        LoginThrottle::new((cpus / 2).clamp(1, MAX_CHECKS))
     }
 }
 
