@@ -192,7 +192,7 @@ complete -c aigate -n "__fish_aigate_using_subcommand serve" -l tls-cert -d 'PEM
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l tls-key -d 'PEM private key for --tls-cert' -r -F
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l token-ttl -d 'Lifetime of tokens issued by /auth/login' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l jwt-secret-file -d 'File holding the JWT secret (instead of $AIGATE_JWT_SECRET)' -r -F
-complete -c aigate -n "__fish_aigate_using_subcommand serve" -l trusted-proxy -d 'Peers whose X-Forwarded-For names the client (repeatable CIDR)' -r
+complete -c aigate -n "__fish_aigate_using_subcommand serve" -l trusted-proxy -d 'Peers whose X-Forwarded-For names the client (repeatable CIDR); that client address is also what the login limits count' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l max-body -d 'Largest request body accepted (bytes; K, M, G suffixes, powers of 1024)' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l connect-timeout -d 'Time to connect to the upstream' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l response-timeout -d 'Time for the upstream to start answering (a model may take minutes to load)' -r

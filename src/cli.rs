@@ -414,7 +414,12 @@ pub struct AuditArgs {
 #[command(
     after_help = "The JWT secret comes from $AIGATE_JWT_SECRET or --jwt-secret-file \
     (at least 32 bytes). Every option also reads the AIGATE_* variable shown beside it; \
-    AIGATE_NO_LOGIN takes 1/0, true/false, yes/no or on/off."
+    AIGATE_NO_LOGIN takes 1/0, true/false, yes/no or on/off.\n\n\
+    Logins (POST /auth/login, JSON or a form): at most 5 failed attempts per minute per \
+    client address (an IPv6 /64 is one address), and 10 per 15 minutes per account from \
+    one address; then 429 with Retry-After. Successful and malformed attempts do not \
+    count. At most one password check per two CPUs runs at once; logins beyond a short \
+    queue get 503 with Retry-After."
 )]
 pub struct ServeArgs {
     /// Address to listen on (IP:PORT, or HOST:PORT resolved at start)
@@ -467,7 +472,8 @@ pub struct ServeArgs {
         value_parser = BoolishValueParser::new()
     )]
     pub no_login: bool,
-    /// Peers whose X-Forwarded-For names the client (repeatable CIDR)
+    /// Peers whose X-Forwarded-For names the client (repeatable CIDR); that client
+    /// address is also what the login limits count
     #[arg(
         long,
         env = "AIGATE_TRUSTED_PROXY",
