@@ -5,15 +5,22 @@
 //! body (never collected), counts streams that completed or whose client went away, and
 //! answers 403 to a foreign `Host` like Ollama does on loopback. `stop()` aborts every
 //! live connection so the same port can be bound again with [`FakeOllama::start_on`].
+//!
+//! It can also stand in for a GPU host (all of it off by default): a number of slots
+//! with Ollama's first-come queue behind them and its 503 when that is full, models
+//! that must be loaded (taking `load_time`, evicting the least recently used one at
+//! `max_loaded`), generation paced in tokens per second and bounded by the request's
+//! `num_predict` / `max_tokens`, `/api/ps`, and counters at `GET /fake/stats`.
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -22,7 +29,7 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +46,12 @@ const DIGEST: &str = "6a0746a1ec1aef3e7ec53868f220ff6e389f6f8ef87a01d77c96807de9
 const SPLIT_PAUSE: Duration = Duration::from_millis(5);
 /// Length of each fake embedding vector.
 const EMBEDDING_DIMS: usize = 8;
+/// Ollama's answer when its queue is full (`ErrMaxQueue` in its scheduler), with its two spaces.
+pub const BUSY: &str = "server busy, please try again.  maximum pending requests exceeded";
+/// The context length a model is loaded with when the request sets no `options.num_ctx`.
+const DEFAULT_NUM_CTX: i64 = 4096;
+/// `expires_at` reported by `/api/ps`: loaded models never expire in the fake.
+const EXPIRES_AT: &str = "2099-01-01T00:00:00Z";
 
 /// How the fake behaves; `Default` gives the documented defaults.
 #[derive(Clone, Debug)]
@@ -54,13 +67,34 @@ pub struct FakeOptions {
     pub prompt_tokens: u64,
     /// `eval_count` / `completion_tokens` reported.
     pub completion_tokens: u64,
-    /// Models known to the fake (`/api/tags`, `/v1/models`, and the model check).
+    /// Models known to the fake (`/api/tags`, `/v1/models`, and the model check) unless
+    /// `installed` is set.
     pub models: Vec<String>,
     /// Write each NDJSON/SSE line as two body frames split in the middle of the line; the
     /// line carrying the token counts is split inside the completion-token number.
     pub split_mid_line: bool,
     /// Answer 403 when `Host` is not `127.0.0.1:PORT` or `localhost:PORT`.
     pub check_host: bool,
+    /// Requests that generate at once (Ollama's `OLLAMA_NUM_PARALLEL`, counted here for
+    /// the whole host); the others wait in arrival order with no byte sent. `Some(0)`
+    /// counts as 1. `None`: no limit.
+    pub slots: Option<usize>,
+    /// Requests that may wait for a slot (Ollama's `OLLAMA_MAX_QUEUE`): one beyond
+    /// `slots + max_queue` is answered 503 [`BUSY`] at once. `None`: no limit.
+    pub max_queue: Option<usize>,
+    /// Models installed on the host (listed, and the only ones that can be loaded; any
+    /// other answers 404). `None`: `models`.
+    pub installed: Option<Vec<String>>,
+    /// Models loaded at once (Ollama's `OLLAMA_MAX_LOADED_MODELS`): loading one more
+    /// first unloads the least recently used idle one, and waits while all are busy.
+    /// `Some(0)` counts as 1. `None`: no limit.
+    pub max_loaded: Option<usize>,
+    /// How long loading a model takes, before its first token.
+    pub load_time: Duration,
+    /// Pace of generation, one token per content chunk, instead of `chunk_delay` (the
+    /// final chunk then follows the last token at once); the reported completion count
+    /// is then the number of tokens generated rather than `completion_tokens`.
+    pub tokens_per_second: Option<f64>,
 }
 
 impl Default for FakeOptions {
@@ -78,8 +112,51 @@ impl Default for FakeOptions {
             ],
             split_mid_line: false,
             check_host: true,
+            slots: None,
+            max_queue: None,
+            installed: None,
+            max_loaded: None,
+            load_time: Duration::ZERO,
+            tokens_per_second: None,
         }
     }
+}
+
+impl FakeOptions {
+    /// The installed models: `installed`, or else `models`.
+    pub fn installed_models(&self) -> &[String] {
+        self.installed.as_deref().unwrap_or(&self.models)
+    }
+
+    /// The time one token takes, when generation is paced in tokens per second.
+    fn token_time(&self) -> Option<Duration> {
+        self.tokens_per_second
+            .filter(|tps| tps.is_finite() && *tps > 0.0)
+            .map(|tps| Duration::from_secs_f64(1.0 / tps))
+    }
+}
+
+/// What the simulated GPU host did so far; also served as JSON at `GET /fake/stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FakeStats {
+    /// Model loads, reloads included.
+    pub loads: u64,
+    /// Models loaded now (loading included), most recently used first, as `/api/ps`.
+    pub loaded: Vec<String>,
+    /// Requests holding a slot (loading their model or generating).
+    pub in_flight: usize,
+    /// Requests waiting for a slot.
+    pub queued: usize,
+    /// The most requests that held a slot at the same time.
+    pub max_in_flight_seen: usize,
+    /// Requests that ran to their end (streams to their last frame).
+    pub completed: u64,
+    /// Requests whose client left (or whose connection `stop()` cut) before their end.
+    pub cancelled: u64,
+    /// Requests answered 503 because the queue was full.
+    pub rejected: u64,
+    /// Requests admitted, per installed model (chat, generate, OpenAI chat and embed).
+    pub requests: BTreeMap<String, u64>,
 }
 
 /// One request as the fake received it.
@@ -115,13 +192,14 @@ struct Shared {
     requests: Mutex<Vec<Recorded>>,
     cancelled: AtomicUsize,
     completed: AtomicUsize,
+    gpu: Mutex<Gpu>,
 }
 
 /// A running fake Ollama; dropping it aborts the server, `stop()` also waits for it.
 pub struct FakeOllama {
     shared: Arc<Shared>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl FakeOllama {
@@ -149,13 +227,14 @@ impl FakeOllama {
             requests: Mutex::new(Vec::new()),
             cancelled: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
+            gpu: Mutex::new(Gpu::default()),
         });
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(accept_loop(listener, shared.clone(), rx));
         Ok(FakeOllama {
             shared,
-            shutdown: Some(tx),
-            task: Some(task),
+            shutdown: Mutex::new(Some(tx)),
+            task: Mutex::new(Some(task)),
         })
     }
 
@@ -188,12 +267,21 @@ impl FakeOllama {
         self.shared.completed.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting, aborts every live connection and waits until the port is released.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
+    /// What the simulated GPU host did so far.
+    pub fn stats(&self) -> FakeStats {
+        lock(&self.shared.gpu).stats()
+    }
+
+    /// Kills the host: stops accepting, cuts every open connection at once (queued and
+    /// streaming requests included) and waits until the port is released. The handle
+    /// stays usable for `requests()` and `stats()`; a second call does nothing.
+    pub async fn stop(&self) {
+        let tx = lock(&self.shutdown).take();
+        if let Some(tx) = tx {
             let _ = tx.send(());
         }
-        if let Some(task) = self.task.take() {
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
             let _ = task.await;
         }
     }
@@ -201,7 +289,7 @@ impl FakeOllama {
 
 impl Drop for FakeOllama {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
+        if let Some(task) = lock(&self.task).take() {
             // Dropping the accept loop drops its JoinSet, which aborts every connection.
             task.abort();
         }
@@ -267,13 +355,16 @@ async fn handle(
             )
         })
         .collect();
-    lock(&shared.requests).push(Recorded {
-        method: parts.method.to_string(),
-        path_and_query: path_and_query.clone(),
-        target: parts.uri.to_string(),
-        headers: headers.clone(),
-        body: body.to_vec(),
-    });
+    // `/fake/*` is the harness asking the fake, not traffic to record.
+    if !parts.uri.path().starts_with("/fake/") {
+        lock(&shared.requests).push(Recorded {
+            method: parts.method.to_string(),
+            path_and_query: path_and_query.clone(),
+            target: parts.uri.to_string(),
+            headers: headers.clone(),
+            body: body.to_vec(),
+        });
+    }
 
     if shared.opts.check_host && !host_allowed(&shared, parts.headers.get(HOST)) {
         return Ok(text(StatusCode::FORBIDDEN, "Forbidden"));
@@ -287,11 +378,13 @@ async fn handle(
             json(StatusCode::OK, r#"{"version":"0.12.0"}"#)
         }
         (Method::GET | Method::HEAD, "/api/tags") => tags(&shared.opts),
+        (Method::GET, "/api/ps") => ps(&shared),
         (Method::GET, "/v1/models") => openai_models(&shared.opts),
         (Method::POST, "/api/chat") => ollama_generate(&shared, &body, Kind::Chat).await,
         (Method::POST, "/api/generate") => ollama_generate(&shared, &body, Kind::Generate).await,
-        (Method::POST, "/api/embed") => embed(&shared.opts, &body),
+        (Method::POST, "/api/embed") => embed(&shared, &body).await,
         (Method::POST, "/v1/chat/completions") => openai_chat(&shared, &body).await,
+        (Method::GET, "/fake/stats") => json(StatusCode::OK, to_json(&lock(&shared.gpu).stats())),
         (_, "/echo") => echo(&path_and_query, &headers),
         (
             _,
@@ -380,8 +473,15 @@ fn parse_body(body: &[u8]) -> Result<Value, String> {
     Ok(value)
 }
 
-/// Checks the body's `model` against the configured models (`name` matches `name:latest`).
-fn check_model(opts: &FakeOptions, body: &Value) -> Result<String, (StatusCode, String)> {
+/// A request's model: the name as sent (echoed in answers) and the installed name it
+/// matched (`name` matches `name:latest`), under which it is loaded and counted.
+struct ModelRef {
+    sent: String,
+    installed: String,
+}
+
+/// Checks the body's `model` against the installed models.
+fn check_model(opts: &FakeOptions, body: &Value) -> Result<ModelRef, (StatusCode, String)> {
     let model = body
         .get("model")
         .and_then(Value::as_str)
@@ -389,17 +489,42 @@ fn check_model(opts: &FakeOptions, body: &Value) -> Result<String, (StatusCode, 
     if model.is_empty() {
         return Err((StatusCode::BAD_REQUEST, "model is required".to_owned()));
     }
-    let known = opts
-        .models
+    let found = opts
+        .installed_models()
         .iter()
-        .any(|m| m == model || *m == format!("{model}:latest"));
-    if known {
-        Ok(model.to_owned())
-    } else {
-        Err((
+        .find(|m| *m == model || m.strip_suffix(":latest") == Some(model));
+    match found {
+        Some(installed) => Ok(ModelRef {
+            sent: model.to_owned(),
+            installed: installed.clone(),
+        }),
+        None => Err((
             StatusCode::NOT_FOUND,
             format!("model \"{model}\" not found, try pulling it first"),
-        ))
+        )),
+    }
+}
+
+/// What the model needs loaded for a request: Ollama reloads a model whose context
+/// length differs, and `keep_alive: 0` unloads it once idle.
+fn want(model: &ModelRef, body: &Value) -> Want {
+    let num_ctx = body
+        .pointer("/options/num_ctx")
+        .and_then(Value::as_i64)
+        .unwrap_or(DEFAULT_NUM_CTX);
+    let unload_after = match body.get("keep_alive") {
+        Some(Value::Number(n)) => n.as_f64() == Some(0.0),
+        Some(Value::String(s)) => s
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+            .parse::<f64>()
+            .is_ok_and(|n| n == 0.0),
+        _ => false,
+    };
+    Want {
+        model: model.installed.clone(),
+        num_ctx,
+        unload_after,
     }
 }
 
@@ -407,14 +532,60 @@ fn token(i: usize) -> String {
     format!("tok{} ", i + 1)
 }
 
-fn all_tokens(opts: &FakeOptions) -> String {
-    (0..opts.chunks).map(token).collect()
+fn all_tokens(n: usize) -> String {
+    (0..n).map(token).collect()
+}
+
+/// How much one request generates: `chunks`, or fewer when the request caps it.
+#[derive(Clone, Copy)]
+struct Plan {
+    /// Content chunks (tokens) to send.
+    tokens: usize,
+    /// Whether the request's limit cut the generation short (`done_reason` "length").
+    cut: bool,
+}
+
+impl Plan {
+    /// `limit` is the request's positive `num_predict` / `max_tokens`, if any (Ollama
+    /// reads zero and negative values as no limit).
+    fn new(opts: &FakeOptions, limit: Option<i64>) -> Plan {
+        let limit = limit
+            .filter(|n| *n > 0)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        match limit {
+            Some(n) if n < opts.chunks => Plan {
+                tokens: n,
+                cut: true,
+            },
+            _ => Plan {
+                tokens: opts.chunks,
+                cut: false,
+            },
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        if self.cut { "length" } else { "stop" }
+    }
+
+    /// The completion count reported: the configured one, or the tokens generated when
+    /// the fake paces real tokens.
+    fn completion_tokens(self, opts: &FakeOptions) -> u64 {
+        if opts.token_time().is_some() {
+            self.tokens as u64
+        } else {
+            opts.completion_tokens
+        }
+    }
 }
 
 /// The delay a non-streamed answer takes: the whole stream's generation time.
-fn generation_time(opts: &FakeOptions) -> Duration {
-    let steps = u32::try_from(opts.chunks).unwrap_or(u32::MAX);
-    opts.first_chunk_delay + opts.chunk_delay.saturating_mul(steps)
+fn generation_time(opts: &FakeOptions, plan: Plan) -> Duration {
+    let steps = u32::try_from(plan.tokens).unwrap_or(u32::MAX);
+    match opts.token_time() {
+        Some(per_token) => opts.first_chunk_delay + per_token.saturating_mul(steps),
+        None => opts.first_chunk_delay + opts.chunk_delay.saturating_mul(steps),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -459,7 +630,14 @@ struct Metrics {
     eval_duration: u64,
 }
 
-fn ollama_line(kind: Kind, model: &str, content: &str, done: bool, opts: &FakeOptions) -> String {
+/// One NDJSON line; `done` carries the plan whose end it reports.
+fn ollama_line(
+    kind: Kind,
+    model: &str,
+    content: &str,
+    done: Option<Plan>,
+    opts: &FakeOptions,
+) -> String {
     let chunk = OllamaChunk {
         model,
         created_at: CREATED_AT,
@@ -468,14 +646,14 @@ fn ollama_line(kind: Kind, model: &str, content: &str, done: bool, opts: &FakeOp
             content,
         }),
         response: (kind == Kind::Generate).then_some(content),
-        done_reason: done.then_some("stop"),
-        done,
-        metrics: done.then_some(Metrics {
+        done_reason: done.map(Plan::reason),
+        done: done.is_some(),
+        metrics: done.map(|plan| Metrics {
             total_duration: 1,
             load_duration: 1,
             prompt_eval_count: opts.prompt_tokens,
             prompt_eval_duration: 1,
-            eval_count: opts.completion_tokens,
+            eval_count: plan.completion_tokens(opts),
             eval_duration: 1,
         }),
     };
@@ -493,25 +671,32 @@ async fn ollama_generate(shared: &Arc<Shared>, body: &[u8], kind: Kind) -> Respo
         Err((status, e)) => return ollama_error(status, &e),
     };
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(true);
+    let limit = req.pointer("/options/num_predict").and_then(Value::as_i64);
+    let plan = Plan::new(opts, limit);
+    let Ok(slot) = acquire(shared, want(&model, &req)).await else {
+        return ollama_error(StatusCode::SERVICE_UNAVAILABLE, BUSY);
+    };
+    let model = model.sent;
     if !stream {
-        tokio::time::sleep(generation_time(opts)).await;
-        let line = ollama_line(kind, &model, &all_tokens(opts), true, opts);
+        tokio::time::sleep(generation_time(opts, plan)).await;
+        let line = ollama_line(kind, &model, &all_tokens(plan.tokens), Some(plan), opts);
+        slot.finish();
         return json(StatusCode::OK, line);
     }
-    let mut lines: Vec<Line> = (0..opts.chunks)
+    let mut lines: Vec<Line> = (0..plan.tokens)
         .map(|i| {
-            Line::paced(format!(
+            Line::token(format!(
                 "{}\n",
-                ollama_line(kind, &model, &token(i), false, opts)
+                ollama_line(kind, &model, &token(i), None, opts)
             ))
         })
         .collect();
-    let last = format!("{}\n", ollama_line(kind, &model, "", true, opts));
-    lines.push(Line::paced(last).split_in_number("\"eval_count\":"));
-    stream_response(shared, "application/x-ndjson", lines).await
+    let last = format!("{}\n", ollama_line(kind, &model, "", Some(plan), opts));
+    lines.push(Line::last(last).split_in_number("\"eval_count\":"));
+    stream_response(shared, "application/x-ndjson", lines, slot).await
 }
 
-fn embed(opts: &FakeOptions, body: &[u8]) -> Response<RespBody> {
+async fn embed(shared: &Arc<Shared>, body: &[u8]) -> Response<RespBody> {
     #[derive(Serialize)]
     struct EmbedResponse<'a> {
         model: &'a str,
@@ -520,6 +705,7 @@ fn embed(opts: &FakeOptions, body: &[u8]) -> Response<RespBody> {
         load_duration: u64,
         prompt_eval_count: u64,
     }
+    let opts = &shared.opts;
     let req = match parse_body(body) {
         Ok(v) => v,
         Err(e) => return ollama_error(StatusCode::BAD_REQUEST, &e),
@@ -528,6 +714,9 @@ fn embed(opts: &FakeOptions, body: &[u8]) -> Response<RespBody> {
         Ok(m) => m,
         Err((status, e)) => return ollama_error(status, &e),
     };
+    let Ok(slot) = acquire(shared, want(&model, &req)).await else {
+        return ollama_error(StatusCode::SERVICE_UNAVAILABLE, BUSY);
+    };
     let inputs = match req.get("input") {
         Some(Value::String(_)) => 1,
         Some(Value::Array(items)) => items.len(),
@@ -535,12 +724,13 @@ fn embed(opts: &FakeOptions, body: &[u8]) -> Response<RespBody> {
     };
     let vector: Vec<f64> = (1..=EMBEDDING_DIMS).map(|i| i as f64 / 10.0).collect();
     let resp = EmbedResponse {
-        model: &model,
+        model: &model.sent,
         embeddings: vec![vector; inputs],
         total_duration: 1,
         load_duration: 1,
         prompt_eval_count: opts.prompt_tokens,
     };
+    slot.finish();
     json(StatusCode::OK, to_json(&resp))
 }
 
@@ -560,7 +750,7 @@ fn tags(opts: &FakeOptions) -> Response<RespBody> {
         models: Vec<Model<'a>>,
     }
     let models = opts
-        .models
+        .installed_models()
         .iter()
         .map(|name| Model {
             name,
@@ -574,6 +764,41 @@ fn tags(opts: &FakeOptions) -> Response<RespBody> {
     json(StatusCode::OK, to_json(&Tags { models }))
 }
 
+/// `/api/ps`: the loaded models, most recently used first (Ollama sorts by expiry).
+fn ps(shared: &Shared) -> Response<RespBody> {
+    /// Field order follows Ollama's `ProcessModelResponse`.
+    #[derive(Serialize)]
+    struct Model {
+        name: String,
+        model: String,
+        size: u64,
+        digest: &'static str,
+        details: serde_json::Map<String, Value>,
+        expires_at: &'static str,
+        size_vram: u64,
+        context_length: i64,
+    }
+    #[derive(Serialize)]
+    struct Ps {
+        models: Vec<Model>,
+    }
+    let models = lock(&shared.gpu)
+        .by_recent_use()
+        .into_iter()
+        .map(|r| Model {
+            name: r.model.clone(),
+            model: r.model.clone(),
+            size: 1,
+            digest: DIGEST,
+            details: serde_json::Map::new(),
+            expires_at: EXPIRES_AT,
+            size_vram: 1,
+            context_length: r.num_ctx,
+        })
+        .collect();
+    json(StatusCode::OK, to_json(&Ps { models }))
+}
+
 // ---------------------------------------------------------------------------
 // OpenAI-compatible API
 // ---------------------------------------------------------------------------
@@ -585,11 +810,12 @@ struct Usage {
     total_tokens: u64,
 }
 
-fn usage(opts: &FakeOptions) -> Usage {
+fn usage(opts: &FakeOptions, plan: Plan) -> Usage {
+    let completion_tokens = plan.completion_tokens(opts);
     Usage {
         prompt_tokens: opts.prompt_tokens,
-        completion_tokens: opts.completion_tokens,
-        total_tokens: opts.prompt_tokens + opts.completion_tokens,
+        completion_tokens,
+        total_tokens: opts.prompt_tokens + completion_tokens,
     }
 }
 
@@ -637,6 +863,15 @@ fn openai_chunk<'a>(model: &'a str, choices: Vec<ChunkChoice<'a>>, usage: Option
     })
 }
 
+/// The smaller of `max_tokens` and `max_completion_tokens`, as positive numbers.
+fn openai_limit(req: &Value) -> Option<i64> {
+    ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .filter_map(|key| req.get(*key).and_then(Value::as_i64))
+        .filter(|n| *n > 0)
+        .min()
+}
+
 async fn openai_chat(shared: &Arc<Shared>, body: &[u8]) -> Response<RespBody> {
     let opts = &shared.opts;
     let req = match parse_body(body) {
@@ -648,6 +883,11 @@ async fn openai_chat(shared: &Arc<Shared>, body: &[u8]) -> Response<RespBody> {
         Err((status, e)) => return openai_error(status, &e, "api_error"),
     };
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let plan = Plan::new(opts, openai_limit(&req));
+    let Ok(slot) = acquire(shared, want(&model, &req)).await else {
+        return openai_error(StatusCode::SERVICE_UNAVAILABLE, BUSY, "api_error");
+    };
+    let model = model.sent;
     if !stream {
         #[derive(Serialize)]
         struct Choice<'a> {
@@ -664,8 +904,8 @@ async fn openai_chat(shared: &Arc<Shared>, body: &[u8]) -> Response<RespBody> {
             choices: Vec<Choice<'a>>,
             usage: Usage,
         }
-        tokio::time::sleep(generation_time(opts)).await;
-        let content = all_tokens(opts);
+        tokio::time::sleep(generation_time(opts, plan)).await;
+        let content = all_tokens(plan.tokens);
         let resp = Completion {
             id: "chatcmpl-1",
             object: "chat.completion",
@@ -677,30 +917,31 @@ async fn openai_chat(shared: &Arc<Shared>, body: &[u8]) -> Response<RespBody> {
                     role: "assistant",
                     content: &content,
                 },
-                finish_reason: "stop",
+                finish_reason: plan.reason(),
             }],
-            usage: usage(opts),
+            usage: usage(opts, plan),
         };
+        slot.finish();
         return json(StatusCode::OK, to_json(&resp));
     }
     let include_usage = req
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let mut lines: Vec<Line> = (0..opts.chunks)
-        .map(|i| Line::paced(openai_chunk(&model, vec![choice(&token(i), None)], None)))
+    let mut lines: Vec<Line> = (0..plan.tokens)
+        .map(|i| Line::token(openai_chunk(&model, vec![choice(&token(i), None)], None)))
         .collect();
-    lines.push(Line::paced(openai_chunk(
+    lines.push(Line::last(openai_chunk(
         &model,
-        vec![choice("", Some("stop"))],
+        vec![choice("", Some(plan.reason()))],
         None,
     )));
     if include_usage {
-        let line = openai_chunk(&model, Vec::new(), Some(usage(opts)));
-        lines.push(Line::immediate(line).split_in_number("\"completion_tokens\":"));
+        let line = openai_chunk(&model, Vec::new(), Some(usage(opts, plan)));
+        lines.push(Line::trailer(line).split_in_number("\"completion_tokens\":"));
     }
-    lines.push(Line::immediate("data: [DONE]\n\n".to_owned()));
-    stream_response(shared, "text/event-stream", lines).await
+    lines.push(Line::trailer("data: [DONE]\n\n".to_owned()));
+    stream_response(shared, "text/event-stream", lines, slot).await
 }
 
 fn openai_models(opts: &FakeOptions) -> Response<RespBody> {
@@ -717,7 +958,7 @@ fn openai_models(opts: &FakeOptions) -> Response<RespBody> {
         data: Vec<Model<'a>>,
     }
     let data = opts
-        .models
+        .installed_models()
         .iter()
         .map(|id| Model {
             id,
@@ -753,33 +994,286 @@ fn echo(path_and_query: &str, headers: &[(String, String)]) -> Response<RespBody
 }
 
 // ---------------------------------------------------------------------------
+// The simulated GPU: slots, the first-come queue, loaded models
+// ---------------------------------------------------------------------------
+
+/// What a request needs from the host.
+struct Want {
+    /// The installed model name.
+    model: String,
+    /// The context length it must be loaded with.
+    num_ctx: i64,
+    /// `keep_alive: 0`: unload the model once no request uses it.
+    unload_after: bool,
+}
+
+/// A request waiting for a slot; `grant` receives the instant its model is ready.
+struct Waiter {
+    id: u64,
+    model: String,
+    num_ctx: i64,
+    grant: oneshot::Sender<Instant>,
+}
+
+/// A model in memory.
+struct Resident {
+    model: String,
+    num_ctx: i64,
+    /// Requests holding a slot on it; it is unloaded only at zero, as in Ollama.
+    users: usize,
+    /// The use clock at its last grant or release, for least-recently-used eviction.
+    last_used: u64,
+    /// When its load ends (in the past once loaded).
+    ready_at: Instant,
+}
+
+/// The host's scheduler state, behind one mutex.
+#[derive(Default)]
+struct Gpu {
+    clock: u64,
+    next_id: u64,
+    /// Arrival order; the head blocks those behind it, as in Ollama's scheduler.
+    waiting: VecDeque<Waiter>,
+    running: usize,
+    resident: Vec<Resident>,
+    loads: u64,
+    max_in_flight_seen: usize,
+    completed: u64,
+    cancelled: u64,
+    rejected: u64,
+    requests: BTreeMap<String, u64>,
+}
+
+/// The queue was full: the request is answered 503 [`BUSY`].
+struct Busy;
+
+fn limit(n: Option<usize>) -> usize {
+    n.map_or(usize::MAX, |n| n.max(1))
+}
+
+impl Gpu {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    fn by_recent_use(&self) -> Vec<&Resident> {
+        let mut models: Vec<&Resident> = self.resident.iter().collect();
+        models.sort_by_key(|r| std::cmp::Reverse(r.last_used));
+        models
+    }
+
+    fn stats(&self) -> FakeStats {
+        FakeStats {
+            loads: self.loads,
+            loaded: self
+                .by_recent_use()
+                .into_iter()
+                .map(|r| r.model.clone())
+                .collect(),
+            in_flight: self.running,
+            queued: self.waiting.len(),
+            max_in_flight_seen: self.max_in_flight_seen,
+            completed: self.completed,
+            cancelled: self.cancelled,
+            rejected: self.rejected,
+            requests: self.requests.clone(),
+        }
+    }
+
+    /// Gives the model to one more request if it is loaded (or loading) with the right
+    /// context, or can be loaded now (reloading it idle, or evicting the least recently
+    /// used idle model at `max_loaded`); returns when it will be ready. `None`: wait.
+    fn place(&mut self, opts: &FakeOptions, model: &str, num_ctx: i64) -> Option<Instant> {
+        let now = Instant::now();
+        let clock = self.tick();
+        if let Some(r) = self.resident.iter_mut().find(|r| r.model == model) {
+            if r.num_ctx != num_ctx {
+                if r.users > 0 {
+                    return None;
+                }
+                r.num_ctx = num_ctx;
+                r.ready_at = now + opts.load_time;
+                self.loads += 1;
+            }
+            r.users += 1;
+            r.last_used = clock;
+            return Some(r.ready_at);
+        }
+        if self.resident.len() >= limit(opts.max_loaded) {
+            let (victim, _) = self
+                .resident
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.users == 0)
+                .min_by_key(|(_, r)| r.last_used)?;
+            self.resident.remove(victim);
+        }
+        let ready_at = now + opts.load_time;
+        self.resident.push(Resident {
+            model: model.to_owned(),
+            num_ctx,
+            users: 1,
+            last_used: clock,
+            ready_at,
+        });
+        self.loads += 1;
+        Some(ready_at)
+    }
+
+    /// Grants slots to the head of the queue while there are slots and it can be placed.
+    fn dispatch(&mut self, opts: &FakeOptions) {
+        while self.running < limit(opts.slots) {
+            let Some(head) = self.waiting.front() else {
+                break;
+            };
+            let (model, num_ctx) = (head.model.clone(), head.num_ctx);
+            let Some(ready_at) = self.place(opts, &model, num_ctx) else {
+                break;
+            };
+            let Some(waiter) = self.waiting.pop_front() else {
+                break;
+            };
+            self.running += 1;
+            self.max_in_flight_seen = self.max_in_flight_seen.max(self.running);
+            // A waiter that left meanwhile is released by its `Slot`'s drop.
+            let _ = waiter.grant.send(ready_at);
+        }
+    }
+}
+
+/// A request's place on the host, from admission to its end: waiting, then holding a
+/// slot. Dropping it (the client left, or `stop()` cut the connection) gives the place
+/// up; `finish` counts the request as completed.
+struct Slot {
+    shared: Arc<Shared>,
+    id: u64,
+    model: String,
+    unload_after: bool,
+    finished: bool,
+}
+
+impl Slot {
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut gpu = lock(&self.shared.gpu);
+        if let Some(pos) = gpu.waiting.iter().position(|w| w.id == self.id) {
+            gpu.waiting.remove(pos);
+            gpu.cancelled += 1;
+        } else {
+            gpu.running = gpu.running.saturating_sub(1);
+            let clock = gpu.tick();
+            if let Some(i) = gpu.resident.iter().position(|r| r.model == self.model) {
+                let r = &mut gpu.resident[i];
+                r.users = r.users.saturating_sub(1);
+                r.last_used = clock;
+                if self.unload_after && r.users == 0 {
+                    gpu.resident.remove(i);
+                }
+            }
+            if self.finished {
+                gpu.completed += 1;
+            } else {
+                gpu.cancelled += 1;
+            }
+        }
+        gpu.dispatch(&self.shared.opts);
+    }
+}
+
+/// Admits a request (or refuses it when `slots + max_queue` are taken), waits for its
+/// slot in arrival order, then for its model to be loaded.
+async fn acquire(shared: &Arc<Shared>, want: Want) -> Result<Slot, Busy> {
+    let opts = &shared.opts;
+    let (tx, rx) = oneshot::channel();
+    let slot = {
+        let mut gpu = lock(&shared.gpu);
+        let capacity = limit(opts.slots).saturating_add(opts.max_queue.unwrap_or(usize::MAX));
+        if gpu.running + gpu.waiting.len() >= capacity {
+            gpu.rejected += 1;
+            return Err(Busy);
+        }
+        match gpu.requests.get_mut(&want.model) {
+            Some(n) => *n += 1,
+            None => {
+                gpu.requests.insert(want.model.clone(), 1);
+            }
+        }
+        gpu.next_id += 1;
+        let id = gpu.next_id;
+        gpu.waiting.push_back(Waiter {
+            id,
+            model: want.model.clone(),
+            num_ctx: want.num_ctx,
+            grant: tx,
+        });
+        gpu.dispatch(opts);
+        Slot {
+            shared: shared.clone(),
+            id,
+            model: want.model,
+            unload_after: want.unload_after,
+            finished: false,
+        }
+    };
+    // The sender is dropped unsent only if the waiter was removed, which only the
+    // slot's own drop does: unreachable while `slot` lives.
+    let ready_at = rx.await.map_err(|_| Busy)?;
+    if ready_at > Instant::now() {
+        tokio::time::sleep_until(ready_at.into()).await;
+    }
+    Ok(slot)
+}
+
+// ---------------------------------------------------------------------------
 // Streaming
 // ---------------------------------------------------------------------------
+
+/// What a line of a stream is, which decides the pause before it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// A generated token: `chunk_delay`, or one token's time.
+    Token,
+    /// The final generation step (`done`, or OpenAI's stop chunk): `chunk_delay`, or
+    /// nothing when pacing tokens.
+    Last,
+    /// Trailers (usage, `[DONE]`): never delayed.
+    Trailer,
+}
 
 /// One line of a streamed response and how it is written.
 struct Line {
     text: String,
-    /// Whether `chunk_delay` applies before it (generation steps do; trailers do not).
-    paced: bool,
+    pace: Pace,
     /// Byte offset where `split_mid_line` cuts it.
     split_at: usize,
 }
 
 impl Line {
-    fn paced(text: String) -> Line {
+    fn new(text: String, pace: Pace) -> Line {
         let split_at = text.len() / 2;
         Line {
             text,
-            paced: true,
+            pace,
             split_at,
         }
     }
 
-    fn immediate(text: String) -> Line {
-        Line {
-            paced: false,
-            ..Line::paced(text)
-        }
+    fn token(text: String) -> Line {
+        Line::new(text, Pace::Token)
+    }
+
+    fn last(text: String) -> Line {
+        Line::new(text, Pace::Last)
+    }
+
+    fn trailer(text: String) -> Line {
+        Line::new(text, Pace::Trailer)
     }
 
     /// Moves the cut inside the number following `key` (before its only digit if it has one).
@@ -793,6 +1287,19 @@ impl Line {
             self.split_at = start + digits / 2;
         }
         self
+    }
+
+    /// The pause before line `index`; the first waits `first_chunk_delay` (plus its
+    /// token's time when pacing tokens).
+    fn delay(&self, index: usize, opts: &FakeOptions) -> Duration {
+        match (opts.token_time(), index, self.pace) {
+            (None, 0, _) => opts.first_chunk_delay,
+            (None, _, Pace::Token | Pace::Last) => opts.chunk_delay,
+            (Some(per_token), 0, Pace::Token) => opts.first_chunk_delay + per_token,
+            (Some(_), 0, _) => opts.first_chunk_delay,
+            (Some(per_token), _, Pace::Token) => per_token,
+            _ => Duration::ZERO,
+        }
     }
 }
 
@@ -826,10 +1333,11 @@ async fn stream_response(
     shared: &Arc<Shared>,
     content_type: &'static str,
     lines: Vec<Line>,
+    slot: Slot,
 ) -> Response<RespBody> {
     // Capacity 1: the producer runs at most one frame ahead of the client.
     let (tx, mut rx) = mpsc::channel::<Bytes>(1);
-    tokio::spawn(produce(shared.clone(), tx, lines));
+    tokio::spawn(produce(shared.clone(), tx, lines, slot));
     let first = rx.recv().await;
     let mut resp = Response::new(ChannelBody { first, rx }.boxed());
     resp.headers_mut()
@@ -837,16 +1345,12 @@ async fn stream_response(
     resp
 }
 
-async fn produce(shared: Arc<Shared>, tx: mpsc::Sender<Bytes>, lines: Vec<Line>) {
+/// Writes the lines; the slot is held until the last frame is out or the body dropped.
+async fn produce(shared: Arc<Shared>, tx: mpsc::Sender<Bytes>, lines: Vec<Line>, slot: Slot) {
     let opts = &shared.opts;
     let mut finished = true;
     'lines: for (i, line) in lines.into_iter().enumerate() {
-        let delay = match (i, line.paced) {
-            (0, _) => opts.first_chunk_delay,
-            (_, true) => opts.chunk_delay,
-            (_, false) => Duration::ZERO,
-        };
-        if !pause(&tx, delay).await {
+        if !pause(&tx, line.delay(i, opts)).await {
             finished = false;
             break;
         }
@@ -868,8 +1372,10 @@ async fn produce(shared: Arc<Shared>, tx: mpsc::Sender<Bytes>, lines: Vec<Line>)
         }
     }
     let counter = if finished {
+        slot.finish();
         &shared.completed
     } else {
+        drop(slot);
         &shared.cancelled
     };
     counter.fetch_add(1, Ordering::SeqCst);
