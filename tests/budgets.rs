@@ -146,8 +146,9 @@ async fn generation_is_capped_to_the_remaining_tokens() {
 }
 
 /// Once the day's tokens are spent, chat is refused with the quota's message while the
-/// model lists and the version, which clients such as Open WebUI ask on every page
-/// load, keep answering (Open WebUI's pattern: version, tags, ps, then chat).
+/// model lists keep answering. This is Open WebUI's pattern (seen with Open WebUI
+/// 0.12.4): `GET /api/tags` then `GET /api/ps` on every page load and model refresh,
+/// `GET /api/version` when a connection is verified, then `POST /api/chat`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_lists_neither_spend_nor_wait_for_the_budget() {
     let fake = FakeOllama::start(FakeOptions::default()).await;
