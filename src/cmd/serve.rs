@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::cli::ServeArgs;
 use crate::gate::authn::Verifier;
 use crate::gate::recorder::{DbThread, Recorder};
-use crate::gate::{Config, Shared, State, Upstream, server};
+use crate::gate::{Config, Shared, State, Upstream, failure, server};
 use crate::store::{OpenMode, users};
 
 /// Runs the gate until SIGTERM or SIGINT.
@@ -184,6 +185,16 @@ fn start(plan: Plan) -> anyhow::Result<()> {
                 let _ = rx.wait_for(|s| *s).await;
             }));
         }
+        // Once a second: the summaries of ended failure windows.
+        let (recorder, metrics) = (shared.recorder.clone(), shared.metrics.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                failure::sweep(&recorder, &metrics, false);
+            }
+        });
         shutdown_signal().await;
         tracing::info!("shutting down: no new connections; letting in-flight requests finish");
         anyhow::Ok(())
@@ -193,6 +204,8 @@ fn start(plan: Plan) -> anyhow::Result<()> {
         let _ = t.join();
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // What the failure windows left out so far, for the database thread's last write.
+    failure::sweep(&shared.recorder, &shared.metrics, true);
     db_thread.stop();
     tracing::info!("stopped");
     result

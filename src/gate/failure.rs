@@ -2,18 +2,23 @@
 //! fail2ban: `auth_failure ip=<HOST> …`), the metric, and an audit entry queued for the
 //! database thread.
 //!
-//! What reaches the log and the audit is bounded here and nowhere else: every field a
-//! client chose is cut (path 200 bytes, method 16, user 64, then `…`), its control
-//! characters are escaped, and any `aig_` + base64url run in it is cut to the key's
-//! display prefix.
+//! What reaches the log and the audit is bounded here and nowhere else. In size: every
+//! field a client chose is cut (path 200 bytes, method 16, user 64, then `…`), its
+//! control characters are escaped, and any `aig_` + base64url run in it is cut to the
+//! key's display prefix. In rate: the [`Recorder`]'s failure windows let through at
+//! most 10 records per address (an IPv6 /64 is one address) per minute and 50 per
+//! second in all; past that a failure is only counted (metric, memory), and one
+//! `auth_failure_suppressed ip=<HOST> count=N window=60s` line and audit row per address
+//! and minute says how many were left out.
 
 use std::net::IpAddr;
+use std::time::Instant;
 
 use hyper::Method;
 
 use super::State;
 use super::metrics::{Metrics, ReasonLabel};
-use super::recorder::Recorder;
+use super::recorder::{Admit, FAILURE_WINDOW, Recorder, Suppressed};
 use crate::auth::key;
 use crate::store::audit;
 
@@ -42,6 +47,13 @@ pub fn record(
         .auth_failures
         .get_or_create(&ReasonLabel { reason })
         .inc();
+    let (admit, closed) = state.recorder.failure(per_address(ip), ip, Instant::now());
+    if let Some(s) = closed {
+        report(&state.recorder, &state.metrics, s);
+    }
+    if admit == Admit::Suppress {
+        return;
+    }
     let method = clean(method.as_str(), MAX_METHOD);
     let path = clean(path, MAX_PATH);
     let key_prefix = key_prefix.map(|k| clean(&k, MAX_KEY_PREFIX));
@@ -64,9 +76,53 @@ pub fn record(
     );
 }
 
+/// Writes the summaries of the failure windows that have ended (all of them when
+/// `all`, at shutdown). Called about once a second.
+pub fn sweep(recorder: &Recorder, metrics: &Metrics, all: bool) {
+    for s in recorder.ended_failure_windows(Instant::now(), all) {
+        report(recorder, metrics, s);
+    }
+}
+
+/// One summary of suppressed failures: a log line and one coalesced audit row. Without
+/// an address, the failures of addresses the windows had no room (or budget) for.
+fn report(recorder: &Recorder, metrics: &Metrics, s: Suppressed) {
+    let window = FAILURE_WINDOW.as_secs();
+    let ip = s.ip.map_or_else(|| "-".to_string(), |ip| ip.to_string());
+    tracing::warn!(
+        "auth_failure_suppressed ip={ip} count={} window={window}s",
+        s.count
+    );
+    queue(
+        recorder,
+        metrics,
+        audit::Entry {
+            at: crate::store::now(),
+            kind: "auth_failure".into(),
+            ip: s.ip.map(|ip| ip.to_string()),
+            reason: Some("suppressed".into()),
+            detail: Some(format!("count={}", s.count)),
+            ..audit::Entry::default()
+        },
+    );
+}
+
 fn queue(recorder: &Recorder, metrics: &Metrics, entry: audit::Entry) {
     if !recorder.audit(entry) {
         metrics.audit_dropped.inc();
+    }
+}
+
+/// The unit every per-address bound counts by: an IPv4 address, or the /64 of an IPv6
+/// one (a single host is commonly given a whole /64). An IPv4-mapped IPv6 address is
+/// its IPv4 address.
+pub fn per_address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
     }
 }
 
@@ -202,5 +258,25 @@ mod tests {
         // Short runs are shown as they are; a lone prefix is just text.
         assert_eq!(clean("/aig_abc/aig_", MAX_PATH), "/aig_abc/aig_");
         assert_eq!(clean("aig_a\nb", 64), "aig_a\\nb");
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_address() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(per_address(a), per_address(b));
+        assert_ne!(per_address(a), per_address(c));
+        assert_eq!(
+            per_address(a),
+            "2001:db8:1:2::".parse::<IpAddr>().expect("ip")
+        );
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("ip");
+        assert_eq!(
+            per_address(mapped),
+            "10.0.0.1".parse::<IpAddr>().expect("ip")
+        );
+        let v4: IpAddr = "10.0.0.1".parse().expect("ip");
+        assert_eq!(per_address(v4), v4);
     }
 }

@@ -1,0 +1,206 @@
+//! Floods: what clients without a credential can make the real `aigate serve` keep.
+//! Thousands of failed requests with 60 KB paths and whole keys in them leave a small
+//! database and log, no key, and one summary of what was left out.
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+
+use support::fake_ollama::{FakeOllama, FakeOptions};
+use support::gate::{Db, Gate, get, send};
+
+/// A fake Ollama, a database with an admin-tier key, and a gate started with `args`.
+async fn setup(args: &[&str]) -> (FakeOllama, Db, String, Gate) {
+    let fake = FakeOllama::start(FakeOptions::default()).await;
+    let db = Db::new();
+    let (_, key) = db.key(&["--tier", "admin"]);
+    let gate = Gate::start(&db.path, &fake.url(), args);
+    (fake, db, key, gate)
+}
+
+/// The bytes of the database and its WAL.
+fn db_bytes(db: &Path) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    size(db) + size(&db.with_extension("db-wal"))
+}
+
+/// The database and its WAL, as they are on disk.
+fn db_files(db: &Path) -> Vec<u8> {
+    let mut all = std::fs::read(db).unwrap_or_default();
+    all.extend(std::fs::read(db.with_extension("db-wal")).unwrap_or_default());
+    all
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).expect(sql)
+}
+
+// ---------------------------------------------------------------------------
+// The log and the audit table
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_huge_paths_and_keys_leaves_a_small_disk_and_log_and_no_key() {
+    const REQUESTS: usize = 2000;
+    const TASKS: usize = 8;
+    let (_fake, db, key, mut gate) = setup(&[]).await;
+    let unknown = aigate::auth::key::generate()
+        .expect("rng")
+        .key
+        .expose()
+        .to_string();
+
+    // One failed login whose user name carries a terminal escape, a newline and a key.
+    let name = format!("ana\u{1b}[2J\nip=6.6.6.6 {key}");
+    let body = serde_json::json!({ "username": name, "password": "not it" }).to_string();
+    let r = send(
+        Method::POST,
+        &gate.url("/auth/login"),
+        &[("content-type", "application/json")],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    // And one path with the admin's key in it, before the flood.
+    let filler = "a".repeat(60_000);
+    let keyed = send(
+        Method::GET,
+        &gate.url(&format!("/api/{key}/{filler}")),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(keyed.status, 401);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (db_before, log_before) = (db_bytes(&db.path), gate.logs().len());
+
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let base = gate.url("/api/");
+        let (filler, key, unknown) = (filler.clone(), key.clone(), unknown.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = support::gate::client();
+            let mut wrong = Vec::new();
+            for i in 0..REQUESTS / TASKS {
+                // Every fifth path holds a whole key: the admin's, or an unknown one.
+                let url = match i % 10 {
+                    0 => format!("{base}{key}/{filler}"),
+                    5 => format!("{base}x{filler}{unknown}"),
+                    _ => format!("{base}{t}{filler}"),
+                };
+                let req = Request::builder()
+                    .uri(url)
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                let resp = client.request(req).await.expect("flood request");
+                let status = resp.status();
+                let _ = resp.into_body().collect().await.expect("body");
+                if status != 401 {
+                    wrong.push(status);
+                }
+            }
+            wrong
+        }));
+    }
+    for t in tasks {
+        let wrong = t.await.expect("flood task");
+        assert!(wrong.is_empty(), "not 401: {wrong:?}");
+    }
+    let took = started.elapsed();
+    // A write of the database thread (every second) has come and gone.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let db_grown = db_bytes(&db.path).saturating_sub(db_before);
+    let logs = gate.logs();
+    let log_grown = logs.len().saturating_sub(log_before);
+    eprintln!(
+        "{REQUESTS} requests with 60 KB paths in {took:?}: database +{db_grown} bytes, \
+         log +{log_grown} bytes"
+    );
+    assert!(db_grown < 2 << 20, "the database grew by {db_grown} bytes");
+    assert!(log_grown < 200 << 10, "the log grew by {log_grown} bytes");
+    // Each record keeps the path's first 200 bytes.
+    let longest = logs.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 600, "a log line of {longest} bytes");
+    assert_eq!(get(&gate.url("/api/tags"), &key).await.status, 200);
+
+    // The rest of what was left out is summarised at shutdown at the latest.
+    gate.sigterm();
+    assert_eq!(
+        gate.wait(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        gate.logs()
+    );
+    let logs = gate.logs();
+    let files = db_files(&db.path);
+    for secret in [&key, &unknown] {
+        // Nothing past the display prefix (`aig_` + 8) is kept anywhere.
+        let past_prefix = &secret.as_bytes()[..16];
+        assert!(!contains(logs.as_bytes(), past_prefix), "a key in the log");
+        assert!(!contains(&files, past_prefix), "a key in the database");
+    }
+    // The path's key is shown as its display prefix, and the path cut at 200 bytes.
+    let shown = format!("/api/{}…/{}…", &key[..12], "a".repeat(179));
+    assert!(logs.contains(&format!("path={shown}")), "{logs}");
+
+    let conn = db.conn();
+    let recorded = count(
+        &conn,
+        "SELECT count(*) FROM audit WHERE kind = 'auth_failure' AND reason != 'suppressed'",
+    );
+    let suppressed: i64 = conn
+        .query_row(
+            "SELECT COALESCE(sum(CAST(substr(detail, 7) AS INTEGER)), 0) FROM audit
+             WHERE reason = 'suppressed' AND detail LIKE 'count=%'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("suppressed");
+    let summary = logs
+        .lines()
+        .find(|l| l.contains("auth_failure_suppressed ip=127.0.0.1 count="))
+        .unwrap_or_else(|| panic!("no summary line in {logs}"));
+    assert!(
+        summary.ends_with(&format!("count={suppressed} window=60s")),
+        "{summary}"
+    );
+    // At most 10 records for the one address in its minute; the rest are counted.
+    assert!(recorded <= 10, "{recorded} records");
+    assert_eq!(recorded + suppressed, REQUESTS as i64 + 2);
+    let per_failure = logs
+        .lines()
+        .filter(|l| l.contains(" auth_failure ip="))
+        .count();
+    assert_eq!(per_failure as i64, recorded, "one log line per record");
+
+    // The user name is kept escaped, cut, and without the key.
+    let user: String = conn
+        .query_row(
+            "SELECT user FROM audit WHERE reason = 'bad_login'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the login failure");
+    assert!(
+        user.starts_with("ana\\x1b[2J\\nip=6.6.6.6 aig_"),
+        "{user:?}"
+    );
+    assert!(!user.contains(['\n', '\u{1b}']));
+    let detail: String = conn
+        .query_row(
+            "SELECT detail FROM audit WHERE detail LIKE 'GET /api/aig_%'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the keyed path's record");
+    assert_eq!(detail, format!("GET {shown}"));
+}
