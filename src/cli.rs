@@ -379,6 +379,20 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origin: Vec<String>,
+
+    // What clients can hold open and leave behind.
+    /// How long audit rows are kept (pruned hourly); `off` or 0 keeps them forever
+    #[arg(long, env = "AIGATE_AUDIT_RETENTION", default_value = "90d", value_name = "DUR", value_parser = parse_retention)]
+    pub audit_retention: Duration,
+}
+
+/// A retention: a duration, or `off`/`0` (as [`Duration::ZERO`]) for none.
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "0" => Ok(Duration::ZERO),
+        t if t.eq_ignore_ascii_case("off") => Ok(Duration::ZERO),
+        t => parse_duration(t),
+    }
 }
 
 fn parse_limit<T: std::str::FromStr>(s: &str, clear: &str) -> Result<Change<T>, String> {

@@ -1,6 +1,7 @@
 //! Floods: what clients without a credential can make the real `aigate serve` keep.
 //! Thousands of failed requests with 60 KB paths and whole keys in them leave a small
-//! database and log, no key, and one summary of what was left out.
+//! database and log, no key, and one summary of what was left out; old audit rows go
+//! at start.
 mod support;
 
 use std::path::Path;
@@ -11,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 
 use support::fake_ollama::{FakeOllama, FakeOptions};
-use support::gate::{Db, Gate, get, send};
+use support::gate::{Db, Gate, eventually, get, send};
 
 /// A fake Ollama, a database with an admin-tier key, and a gate started with `args`.
 async fn setup(args: &[&str]) -> (FakeOllama, Db, String, Gate) {
@@ -203,4 +204,69 @@ async fn a_flood_of_huge_paths_and_keys_leaves_a_small_disk_and_log_and_no_key()
         )
         .expect("the keyed path's record");
     assert_eq!(detail, format!("GET {shown}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_rows_past_the_retention_are_deleted_at_start() {
+    let fake = FakeOllama::start(FakeOptions::default()).await;
+    let db = Db::new();
+    let now = aigate::store::now();
+    let day = 86_400;
+    {
+        let conn = db.conn();
+        for (at, kind) in [
+            (now - 100 * day, "auth_failure"),
+            (now - 100 * day, "key_create"),
+            (now - 91 * day, "auth_failure"),
+            (now - 89 * day, "key_revoke"),
+            (now - day, "auth_failure"),
+        ] {
+            conn.execute(
+                "INSERT INTO audit (at, kind, ip, reason, detail) VALUES (?1, ?2, '10.0.0.1', 'x', 'old')",
+                rusqlite::params![at, kind],
+            )
+            .expect("insert");
+        }
+    }
+    let old = "SELECT count(*) FROM audit WHERE detail = 'old'";
+
+    // With the retention off, nothing goes, even once the gate has written.
+    let gate = Gate::start(&db.path, &fake.url(), &["--audit-retention", "off"]);
+    assert_eq!(
+        send(Method::GET, &gate.url("/api/tags"), &[], "")
+            .await
+            .status,
+        401
+    );
+    let written = eventually(Duration::from_secs(5), || async {
+        count(
+            &db.conn(),
+            "SELECT count(*) FROM audit WHERE detail = 'GET /api/tags'",
+        ) == 1
+    })
+    .await;
+    assert!(written.is_some(), "the failure was not written");
+    assert_eq!(count(&db.conn(), old), 5);
+    drop(gate);
+
+    // The default keeps 90 days: the rows older than that are gone soon after start.
+    let gate = Gate::start(&db.path, &fake.url(), &[]);
+    let pruned = eventually(Duration::from_secs(5), || async {
+        count(&db.conn(), old) == 2
+    })
+    .await;
+    assert!(pruned.is_some(), "{} old rows left", count(&db.conn(), old));
+    let kept = count(
+        &db.conn(),
+        &format!(
+            "SELECT count(*) FROM audit WHERE detail = 'old' AND at >= {}",
+            now - 90 * day
+        ),
+    );
+    assert_eq!(kept, 2);
+    let logged = eventually(Duration::from_secs(3), || async {
+        gate.logs().contains("deleted 3 audit rows older than 90d")
+    })
+    .await;
+    assert!(logged.is_some(), "{}", gate.logs());
 }

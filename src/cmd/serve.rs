@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use crate::auth::jwt::JwtKeys;
 use crate::cli::ServeArgs;
 use crate::gate::authn::Verifier;
-use crate::gate::recorder::{DbThread, Recorder};
+use crate::gate::recorder::{self, DbThread, Recorder};
 use crate::gate::{Config, Shared, State, Upstream, failure, server};
 use crate::store::{OpenMode, users};
 
@@ -30,6 +30,7 @@ struct Plan {
     listen: SocketAddr,
     metrics_listen: Option<SocketAddr>,
     workers: usize,
+    audit_retention: Option<Duration>,
 }
 
 impl Plan {
@@ -87,6 +88,7 @@ impl Plan {
             listen: args.listen,
             metrics_listen: args.metrics_listen,
             workers,
+            audit_retention: (!args.audit_retention.is_zero()).then_some(args.audit_retention),
         })
     }
 }
@@ -101,12 +103,22 @@ fn start(plan: Plan) -> anyhow::Result<()> {
         listen,
         metrics_listen,
         workers,
+        audit_retention,
     } = plan;
     let db = config.db.clone();
     let login = jwt.is_some();
     let verifier = Arc::new(Verifier::new(&db, jwt)?);
     let recorder = Arc::new(Recorder::default());
-    let db_thread = DbThread::spawn(db.clone(), verifier.clone(), recorder.clone())?;
+    let db_thread = DbThread::spawn(
+        db.clone(),
+        verifier.clone(),
+        recorder.clone(),
+        audit_retention,
+    )?;
+    tracing::info!(
+        "audit kept {}",
+        audit_retention.map_or("forever".to_string(), recorder::days)
+    );
 
     let shared = Shared::new(verifier, recorder);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

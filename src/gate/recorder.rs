@@ -3,7 +3,8 @@
 //! revoke, rotation or tier change — and if so refreshes the verifier's cache. Every
 //! second (and at shutdown) it writes what the request path recorded in memory: usage,
 //! `last_used_at` and audit entries, in one transaction. The request path never waits
-//! for SQLite and never writes per request.
+//! for SQLite and never writes per request. Every hour (and once at start) it deletes
+//! audit rows older than the retention.
 //!
 //! The recorder also keeps the failure windows: how many authentication failures each
 //! address had recorded in the current minute, against the per-address and global
@@ -28,6 +29,8 @@ const FLUSH: Duration = Duration::from_secs(1);
 /// Audit entries waiting to be written, at most; past it they are dropped and counted,
 /// so a flood of bad credentials can neither stall the gate nor grow its memory.
 const AUDIT_QUEUE: usize = 4096;
+/// How often old audit rows are deleted (and once at start).
+const PRUNE: Duration = Duration::from_secs(3600);
 
 /// Failure records (log line and audit row) one address gets per window.
 pub const FAILURES_PER_ADDRESS: u32 = 10;
@@ -324,11 +327,13 @@ pub struct DbThread {
 }
 
 impl DbThread {
-    /// Starts the thread over the database at `db`.
+    /// Starts the thread over the database at `db`. With a `retention`, audit rows
+    /// older than it are deleted at once and then every hour.
     pub fn spawn(
         db: PathBuf,
         verifier: Arc<Verifier>,
         recorder: Arc<Recorder>,
+        retention: Option<Duration>,
     ) -> anyhow::Result<DbThread> {
         let mut store = Store::open(&db, OpenMode::Existing)?;
         let audit_rx = recorder
@@ -345,8 +350,15 @@ impl DbThread {
                 let mut version = data_version(&store).ok();
                 let mut last_flush = Instant::now();
                 let mut pending_audit: Vec<audit::Entry> = Vec::new();
+                let mut last_prune = None::<Instant>;
                 loop {
                     let stopping_now = stopping.load(Ordering::Acquire);
+                    if let Some(keep) = retention {
+                        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE) {
+                            last_prune = Some(Instant::now());
+                            prune(&mut store, keep);
+                        }
+                    }
                     match data_version(&store) {
                         Ok(v) if Some(v) != version => match verifier.refresh(store.conn()) {
                             Ok(()) => version = Some(v),
@@ -407,6 +419,25 @@ fn data_version(store: &Store) -> rusqlite::Result<i64> {
     store
         .conn()
         .query_row("PRAGMA data_version", [], |r| r.get(0))
+}
+
+/// Deletes the audit rows older than `keep`. A failure is logged and tried again at
+/// the next hour.
+fn prune(store: &mut Store, keep: Duration) {
+    let before = now().saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX));
+    match store.write(|tx| audit::prune(tx, before)) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("deleted {n} audit rows older than {}", days(keep)),
+        Err(e) => tracing::error!("deleting old audit rows failed, will retry in an hour: {e}"),
+    }
+}
+
+/// A retention as it was likely given: `90d` rather than humantime's months.
+pub fn days(d: Duration) -> String {
+    match d.as_secs() {
+        s if s > 0 && s % usage::DAY as u64 == 0 => format!("{}d", s / usage::DAY as u64),
+        _ => humantime::format_duration(d).to_string(),
+    }
 }
 
 /// Writes recorded usage, `last_used_at` and audit entries in one transaction. On

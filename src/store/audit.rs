@@ -71,6 +71,11 @@ pub fn admin_action(
     )
 }
 
+/// Deletes the rows older than `before` (Unix seconds); returns how many.
+pub fn prune(conn: &Connection, before: i64) -> Result<usize> {
+    Ok(conn.execute("DELETE FROM audit WHERE at < ?1", [before])?)
+}
+
 /// Rows at or after `since` (Unix seconds), oldest first.
 pub fn list(conn: &Connection, since: i64) -> Result<Vec<Shown>> {
     let mut stmt = conn.prepare(
