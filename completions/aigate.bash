@@ -974,7 +974,7 @@ _aigate() {
             return 0
             ;;
         aigate__subcmd__serve)
-            opts="-h -V --listen --upstream --tls-cert --tls-key --token-ttl --jwt-secret-file --no-login --trusted-proxy --max-body --connect-timeout --response-timeout --idle-timeout --header-timeout --shutdown-timeout --metrics-listen --workers --cors-origin --audit-retention --db --help --version"
+            opts="-h -V --listen --upstream --tls-cert --tls-key --token-ttl --jwt-secret-file --no-login --trusted-proxy --max-body --connect-timeout --response-timeout --idle-timeout --header-timeout --shutdown-timeout --metrics-listen --workers --cors-origin --max-conns-per-ip --max-conns --audit-retention --db --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1041,6 +1041,14 @@ _aigate() {
                     return 0
                     ;;
                 --cors-origin)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-conns-per-ip)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-conns)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,15 +1,19 @@
 //! Floods: what clients without a credential can make the real `aigate serve` keep.
 //! Thousands of failed requests with 60 KB paths and whole keys in them leave a small
 //! database and log, no key, and one summary of what was left out; old audit rows go
-//! at start.
+//! at start; one address cannot hold every connection, and an idle keep-alive
+//! connection is closed after the head deadline.
 mod support;
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 
 use support::fake_ollama::{FakeOllama, FakeOptions};
 use support::gate::{Db, Gate, eventually, get, send};
@@ -42,6 +46,47 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).expect(sql)
+}
+
+/// A connection to `gate` from the local address `from` (any of 127/8 is loopback).
+async fn connect_from(from: IpAddr, gate: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(from, 0)).expect("bind");
+    socket.connect(gate).await.expect("connect")
+}
+
+/// Writes `request` and reads until the gate closes the connection or 5 s pass.
+async fn exchange(mut s: TcpStream, request: &str) -> String {
+    let _ = s.write_all(request.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET /api/tags` from `from`, with `key` if given; the status line of the answer.
+async fn tags_from(from: IpAddr, gate: SocketAddr, key: Option<&str>) -> String {
+    let s = connect_from(from, gate).await;
+    let auth = key.map_or(String::new(), |k| format!("X-API-Key: {k}\r\n"));
+    let wire = exchange(
+        s,
+        &format!("GET /api/tags HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"),
+    )
+    .await;
+    wire.lines().next().unwrap_or_default().to_string()
+}
+
+/// Whether the gate has closed `s` (end of stream or reset), without waiting for more
+/// than `wait`; what it sent first is appended to `seen`.
+async fn closed(s: &mut TcpStream, wait: Duration, seen: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -269,4 +314,122 @@ async fn audit_rows_past_the_retention_are_deleted_at_start() {
     })
     .await;
     assert!(logged.is_some(), "{}", gate.logs());
+}
+
+// ---------------------------------------------------------------------------
+// Connections
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_connection() {
+    const CAP: usize = 100;
+    const OPENED: usize = 300;
+    let (_fake, _db, key, gate) = setup(&["--no-login", "--max-conns-per-ip", "100"]).await;
+    let here: IpAddr = "127.0.0.1".parse().expect("ip");
+    let other: IpAddr = "127.0.0.2".parse().expect("ip");
+
+    let mut idle = Vec::with_capacity(OPENED);
+    for _ in 0..OPENED {
+        idle.push(connect_from(here, gate.addr).await);
+    }
+    // Another address is served at once, with or without a credential.
+    let t = Instant::now();
+    assert_eq!(
+        tags_from(other, gate.addr, None).await,
+        "HTTP/1.1 401 Unauthorized"
+    );
+    assert_eq!(
+        tags_from(other, gate.addr, Some(&key)).await,
+        "HTTP/1.1 200 OK"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "served in {:?}",
+        t.elapsed()
+    );
+
+    // The gate kept the first 100 and closed the rest, after a bare 503.
+    let (mut open, mut shut, mut busy) = (0, 0, 0);
+    for s in &mut idle {
+        let mut seen = Vec::new();
+        if closed(s, Duration::from_millis(20), &mut seen).await {
+            shut += 1;
+            busy += usize::from(seen.starts_with(b"HTTP/1.1 503 "));
+        } else {
+            open += 1;
+        }
+    }
+    assert_eq!((open, shut), (CAP, OPENED - CAP));
+    assert_eq!(busy, OPENED - CAP, "each closed one was told 503");
+    // The refusals are logged, once a second at most.
+    let logged = eventually(Duration::from_secs(3), || async {
+        gate.logs()
+            .contains("connections_refused ip=127.0.0.1 count=")
+    })
+    .await;
+    assert!(logged.is_some(), "{}", gate.logs());
+    let lines = gate.logs().matches("connections_refused").count();
+    assert!(lines <= 3, "{lines} lines for 200 refusals");
+
+    // Closing them gives their places back.
+    drop(idle);
+    let served = eventually(Duration::from_secs(3), || async {
+        tags_from(here, gate.addr, Some(&key)).await == "HTTP/1.1 200 OK"
+    })
+    .await;
+    assert!(served.is_some(), "127.0.0.1 still refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_total_cap_refuses_past_it_and_frees_on_close() {
+    let (_fake, _db, key, gate) = setup(&["--no-login", "--max-conns", "40"]).await;
+    let mut idle = Vec::new();
+    for i in 0..50u8 {
+        // Five addresses, ten connections each: no one address is over its cap.
+        let from = IpAddr::from([127, 0, 1, i % 5 + 1]);
+        idle.push(connect_from(from, gate.addr).await);
+    }
+    let mut shut = 0;
+    for s in &mut idle {
+        shut += usize::from(closed(s, Duration::from_millis(20), &mut Vec::new()).await);
+    }
+    assert_eq!(shut, 10);
+    // A 503, or a reset if the request crossed the close.
+    let line = tags_from("127.0.0.2".parse().expect("ip"), gate.addr, None).await;
+    assert!(
+        line.is_empty() || line.starts_with("HTTP/1.1 503 "),
+        "{line}"
+    );
+    drop(idle);
+    let served = eventually(Duration::from_secs(3), || async {
+        tags_from("127.0.0.2".parse().expect("ip"), gate.addr, Some(&key)).await
+            == "HTTP/1.1 200 OK"
+    })
+    .await;
+    assert!(served.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_head_timeout() {
+    let (_fake, _db, _key, gate) = setup(&["--no-login", "--header-timeout", "1s"]).await;
+    let mut s = TcpStream::connect(gate.addr).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !contains(&seen, b"{\"status\":\"ok\"}") {
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed before the answer");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // Kept alive after the answer, then closed once idle for the head deadline.
+    let answered = Instant::now();
+    assert!(!closed(&mut s, Duration::from_millis(500), &mut seen).await);
+    assert!(
+        closed(&mut s, Duration::from_secs(3), &mut seen).await,
+        "still open"
+    );
+    let idle = answered.elapsed();
+    assert!(idle >= Duration::from_millis(900), "closed after {idle:?}");
 }

@@ -729,7 +729,17 @@ async fn non_utf8_credentials_are_invalid_and_other_headers_pass() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_idle_connections_do_not_starve_a_client() {
-    let (_fake, _db, key, gate) = setup(FakeOptions::default(), &["--no-login"]).await;
+    // All from 127.0.0.1, the client's address too: caps above the default per-address
+    // one (`floods.rs` tests the caps themselves) and above the total one a low
+    // open-files limit would give.
+    let args = [
+        "--no-login",
+        "--max-conns-per-ip",
+        "1100",
+        "--max-conns",
+        "1100",
+    ];
+    let (_fake, _db, key, gate) = setup(FakeOptions::default(), &args).await;
     let limit = open_files_limit();
     let n = 1000.min(limit.saturating_sub(100));
     eprintln!("open files limit {limit}: {n} idle connections");
