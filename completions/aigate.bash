@@ -978,7 +978,7 @@ _aigate() {
             return 0
             ;;
         aigate__subcmd__serve)
-            opts="-h -V --listen --upstream --tls-cert --tls-key --token-ttl --jwt-secret-file --no-login --trusted-proxy --max-body --connect-timeout --response-timeout --idle-timeout --header-timeout --body-timeout --shutdown-timeout --metrics-listen --workers --cors-origin --db --help --version"
+            opts="-h -V --listen --upstream --tls-cert --tls-key --token-ttl --jwt-secret-file --no-login --trusted-proxy --max-body --connect-timeout --response-timeout --idle-timeout --header-timeout --body-timeout --shutdown-timeout --metrics-listen --workers --cors-origin --max-conns-per-ip --max-conns --audit-retention --db --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1049,6 +1049,18 @@ _aigate() {
                     return 0
                     ;;
                 --cors-origin)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-conns-per-ip)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-conns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --audit-retention)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -203,6 +203,9 @@ complete -c aigate -n "__fish_aigate_using_subcommand serve" -l shutdown-timeout
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l metrics-listen -d 'Serve Prometheus metrics on this separate address, IP:PORT or HOST:PORT (off by default)' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l workers -d 'Worker threads, each with its own listener (SO_REUSEPORT), runtime and upstream connections [default: one per CPU]' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l cors-origin -d 'Answer CORS preflight for this browser origin (repeatable)' -r
+complete -c aigate -n "__fish_aigate_using_subcommand serve" -l max-conns-per-ip -d 'Most open connections from one client address (an IPv6 /64 is one address; --trusted-proxy peers are exempt)' -r
+complete -c aigate -n "__fish_aigate_using_subcommand serve" -l max-conns -d 'Most open client connections in all [default: the open-files limit, raised to its hard limit, less a reserve for upstream connections and the database]' -r
+complete -c aigate -n "__fish_aigate_using_subcommand serve" -l audit-retention -d 'How long audit rows are kept (pruned hourly); `off` or 0 keeps them forever' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l db -d 'The SQLite database [default: $XDG_DATA_HOME/aigate/aigate.db]' -r -F
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l no-login -d 'Serve API keys only: no /auth/login, no JWTs'
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -s h -l help -d 'Print help'

@@ -519,6 +519,28 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origin: Vec<String>,
+
+    // What clients can hold open and leave behind.
+    /// Most open connections from one client address (an IPv6 /64 is one address;
+    /// --trusted-proxy peers are exempt)
+    #[arg(long, env = "AIGATE_MAX_CONNS_PER_IP", default_value = "256", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_conns_per_ip: u32,
+    /// Most open client connections in all [default: the open-files limit, raised to its
+    /// hard limit, less a reserve for upstream connections and the database]
+    #[arg(long, env = "AIGATE_MAX_CONNS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_conns: Option<u32>,
+    /// How long audit rows are kept (pruned hourly); `off` or 0 keeps them forever
+    #[arg(long, env = "AIGATE_AUDIT_RETENTION", default_value = "90d", value_name = "DUR", value_parser = parse_retention)]
+    pub audit_retention: Duration,
+}
+
+/// A retention: a duration, or `off`/`0` (as [`Duration::ZERO`]) for none.
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "0" => Ok(Duration::ZERO),
+        t if t.eq_ignore_ascii_case("off") => Ok(Duration::ZERO),
+        t => parse_duration(t),
+    }
 }
 
 /// An address to listen on: `IP:PORT`, or `HOST:PORT` resolved now to the first address

@@ -1,8 +1,10 @@
 //! `aigate serve`: resolve the options, open the database, start the database thread
-//! and the server, and wait for SIGTERM or SIGINT.
+//! and the server, and wait for SIGTERM or SIGINT. At start the soft limit on open files
+//! is raised to the hard one, and the connection cap is set below it.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -12,8 +14,9 @@ use tokio::net::{TcpListener, TcpSocket};
 use crate::auth::jwt::JwtKeys;
 use crate::cli::ServeArgs;
 use crate::gate::authn::Verifier;
-use crate::gate::recorder::{DbThread, Recorder};
-use crate::gate::{Config, Shared, State, Upstream, server};
+use crate::gate::recorder::{self, DbThread, Recorder};
+use crate::gate::server::Connections;
+use crate::gate::{Config, Shared, State, Upstream, failure, server};
 use crate::store::{OpenMode, users};
 
 /// Runs the gate until SIGTERM or SIGINT.
@@ -29,6 +32,38 @@ struct Plan {
     listen: SocketAddr,
     metrics_listen: Option<SocketAddr>,
     workers: usize,
+    /// Connections in all and per client address.
+    max_conns: usize,
+    max_conns_per_ip: usize,
+    audit_retention: Option<Duration>,
+}
+
+/// Descriptors kept out of the connection cap whatever the limit: listeners, the
+/// database and its WAL, the runtimes' own, standard streams, the metrics listener.
+const FIXED_RESERVE: usize = 64;
+
+/// Raises the soft limit on open files to the hard one; returns the limit in force.
+fn raise_open_files() -> usize {
+    let limit = rlimit::increase_nofile_limit(u64::MAX)
+        // A hard limit of "unlimited" is above what Linux lets a process set.
+        .or_else(|_| rlimit::increase_nofile_limit(1 << 20))
+        .or_else(|_| rlimit::Resource::NOFILE.get().map(|(soft, _)| soft));
+    match limit {
+        Ok(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        Err(e) => {
+            tracing::warn!("cannot read the open-files limit ({e}); assuming 1024");
+            1024
+        }
+    }
+}
+
+/// The default connection cap for an open-files `limit`: what is left after a fixed
+/// reserve and a quarter for upstream connections (each proxied request holds one),
+/// at least 16.
+fn default_max_conns(limit: usize, workers: usize) -> usize {
+    let limit = limit.min(1 << 24);
+    let reserve = FIXED_RESERVE + 4 * workers + limit / 4;
+    limit.saturating_sub(reserve).max(16)
 }
 
 impl Plan {
@@ -80,6 +115,21 @@ impl Plan {
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
             usize::from,
         );
+        let open_files = raise_open_files();
+        let fits = default_max_conns(open_files, workers);
+        let max_conns = match args.max_conns {
+            None => fits,
+            Some(n) => {
+                let n = n as usize;
+                if n > fits {
+                    tracing::warn!(
+                        "--max-conns {n} leaves too few of the {open_files} open files for \
+                         upstream connections and the database (at most {fits} would)"
+                    );
+                }
+                n
+            }
+        };
         Ok(Plan {
             config,
             jwt,
@@ -87,6 +137,9 @@ impl Plan {
             listen: args.listen,
             metrics_listen: args.metrics_listen,
             workers,
+            max_conns,
+            max_conns_per_ip: args.max_conns_per_ip as usize,
+            audit_retention: (!args.audit_retention.is_zero()).then_some(args.audit_retention),
         })
     }
 }
@@ -101,12 +154,29 @@ fn start(plan: Plan) -> anyhow::Result<()> {
         listen,
         metrics_listen,
         workers,
+        max_conns,
+        max_conns_per_ip,
+        audit_retention,
     } = plan;
     let db = config.db.clone();
     let login = jwt.is_some();
     let verifier = Arc::new(Verifier::new(&db, jwt)?);
     let recorder = Arc::new(Recorder::default());
-    let db_thread = DbThread::spawn(db.clone(), verifier.clone(), recorder.clone())?;
+    let db_thread = DbThread::spawn(
+        db.clone(),
+        verifier.clone(),
+        recorder.clone(),
+        audit_retention,
+    )?;
+    let conns = Arc::new(Connections::new(
+        max_conns,
+        max_conns_per_ip,
+        config.trusted_proxies.clone(),
+    ));
+    tracing::info!(
+        "at most {max_conns} connections, {max_conns_per_ip} per client address; audit kept {}",
+        audit_retention.map_or("forever".to_string(), recorder::days)
+    );
 
     let shared = Shared::new(verifier, recorder);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -128,6 +198,7 @@ fn start(plan: Plan) -> anyhow::Result<()> {
             n,
             addr,
             state: State::new(config.clone(), &shared),
+            conns: conns.clone(),
             tls: tls.clone(),
             stop: stop_rx.clone(),
         };
@@ -206,6 +277,18 @@ fn start(plan: Plan) -> anyhow::Result<()> {
                 let _ = rx.wait_for(|s| *s).await;
             }));
         }
+        // Once a second: the summaries of ended failure windows, refused connections.
+        let (recorder, metrics) = (shared.recorder.clone(), shared.metrics.clone());
+        let conns = conns.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                failure::sweep(&recorder, &metrics, false);
+                conns.report_refused();
+            }
+        });
         shutdown_signal().await;
         tracing::info!("shutting down: no new connections; letting in-flight requests finish");
         anyhow::Ok(())
@@ -215,6 +298,9 @@ fn start(plan: Plan) -> anyhow::Result<()> {
         let _ = t.join();
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // What the failure windows left out so far, for the database thread's last write.
+    failure::sweep(&shared.recorder, &shared.metrics, true);
+    conns.report_refused();
     db_thread.stop();
     tracing::info!("stopped");
     result
@@ -227,6 +313,7 @@ struct Worker {
     n: usize,
     addr: SocketAddr,
     state: State,
+    conns: Arc<Connections>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -247,6 +334,7 @@ impl Worker {
             n,
             addr,
             state,
+            conns,
             tls,
             mut stop,
         } = self;
@@ -261,7 +349,7 @@ impl Worker {
             let bound = listener.local_addr().unwrap_or(addr);
             let _ = ready.send(Ok(bound));
             tracing::debug!("worker {n} accepting on {bound}");
-            server::run(listener, Arc::new(state), tls, async move {
+            server::run(listener, Arc::new(state), conns, tls, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
@@ -312,5 +400,18 @@ async fn shutdown_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_leaves_a_reserve() {
+        assert_eq!(default_max_conns(20_000, 2), 20_000 - 64 - 8 - 5_000);
+        assert_eq!(default_max_conns(1024, 2), 1024 - 64 - 8 - 256);
+        assert_eq!(default_max_conns(10, 2), 16);
+        assert!(default_max_conns(usize::MAX, 256) < 1 << 24);
     }
 }

@@ -11,6 +11,7 @@
 //! [`recorder`] (the database thread), [`metrics`], and [`error`], the one mapping of
 //! every refusal to a status and body.
 
+pub mod addr;
 pub mod admin;
 pub mod authn;
 pub mod authz;

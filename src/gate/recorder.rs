@@ -3,8 +3,14 @@
 //! revoke, rotation or tier change — and if so refreshes the verifier's cache. Every
 //! second (and at shutdown) it writes what the request path recorded in memory: usage,
 //! `last_used_at` and audit entries, in one transaction. The request path never waits
-//! for SQLite and never writes per request.
+//! for SQLite and never writes per request. Every hour (and once at start) it deletes
+//! audit rows older than the retention.
+//!
+//! The recorder also keeps the failure windows: how many authentication failures each
+//! address had recorded in the current minute, against the per-address and global
+//! bounds that [`super::failure`] applies.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -23,6 +29,18 @@ const FLUSH: Duration = Duration::from_secs(1);
 /// Audit entries waiting to be written, at most; past it they are dropped and counted,
 /// so a flood of bad credentials can neither stall the gate nor grow its memory.
 const AUDIT_QUEUE: usize = 4096;
+/// How often old audit rows are deleted (and once at start).
+const PRUNE: Duration = Duration::from_secs(3600);
+
+/// Failure records (log line and audit row) one address gets per window.
+pub const FAILURES_PER_ADDRESS: u32 = 10;
+/// The window of the per-address bound, and of each summary of what it left out.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Failure records per second in all (summaries included), and the burst allowed.
+pub const FAILURES_PER_SECOND: u32 = 50;
+/// Addresses with a failure window at once; failures of further addresses are only
+/// counted, in one summary without an address. About 80 bytes each.
+const FAILURE_ADDRESSES: usize = 10_000;
 
 /// Usage rows and `last_used_at` values taken for one flush.
 type Batch = (Vec<(UsageKey, Counts)>, Vec<(i64, i64)>);
@@ -46,6 +64,153 @@ pub struct Recorder {
     pending: Mutex<Pending>,
     audit_tx: SyncSender<audit::Entry>,
     audit_rx: Mutex<Option<Receiver<audit::Entry>>>,
+    failures: Mutex<FailureWindows>,
+}
+
+/// Whether a failure gets its own record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Record,
+    /// Counted only; reported in the address's summary.
+    Suppress,
+}
+
+/// How many failures of one address a window left out; `ip: None` for the failures of
+/// addresses there was no room or budget for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppressed {
+    /// The last address seen (for an IPv6 /64, one of its addresses).
+    pub ip: Option<IpAddr>,
+    pub count: u64,
+}
+
+/// One address's current window.
+struct Window {
+    start: Instant,
+    recorded: u32,
+    suppressed: u64,
+    last: IpAddr,
+}
+
+/// The per-address windows and the global budget (a token bucket).
+struct FailureWindows {
+    by_address: foldhash::HashMap<IpAddr, Window>,
+    tokens: f64,
+    refilled: Instant,
+    /// Failures left out with no window to report them, since `untracked_since`.
+    untracked: u64,
+    untracked_since: Instant,
+}
+
+impl FailureWindows {
+    fn new(now: Instant) -> FailureWindows {
+        FailureWindows {
+            by_address: foldhash::HashMap::default(),
+            tokens: f64::from(FAILURES_PER_SECOND),
+            refilled: now,
+            untracked: 0,
+            untracked_since: now,
+        }
+    }
+
+    fn take_token(&mut self, now: Instant) -> bool {
+        let rate = f64::from(FAILURES_PER_SECOND);
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.refilled = self.refilled.max(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn untrack(&mut self, count: u64, now: Instant) {
+        if self.untracked == 0 {
+            self.untracked_since = now;
+        }
+        self.untracked += count;
+    }
+
+    /// The summary of an ended window, if it left anything out and the budget allows;
+    /// else its count goes to the untracked one.
+    fn close(&mut self, w: &Window, now: Instant) -> Option<Suppressed> {
+        if w.suppressed == 0 {
+            return None;
+        }
+        if self.take_token(now) {
+            Some(Suppressed {
+                ip: Some(w.last),
+                count: w.suppressed,
+            })
+        } else {
+            self.untrack(w.suppressed, now);
+            None
+        }
+    }
+
+    fn failure(&mut self, key: IpAddr, ip: IpAddr, now: Instant) -> (Admit, Option<Suppressed>) {
+        let mut closed = None;
+        let ended = match self.by_address.get(&key) {
+            Some(w) => now.saturating_duration_since(w.start) >= FAILURE_WINDOW,
+            None if self.by_address.len() >= FAILURE_ADDRESSES => {
+                self.untrack(1, now);
+                return (Admit::Suppress, None);
+            }
+            None => false,
+        };
+        if ended {
+            if let Some(w) = self.by_address.remove(&key) {
+                closed = self.close(&w, now);
+            }
+        }
+        let has_budget_left = self
+            .by_address
+            .get(&key)
+            .is_none_or(|w| w.recorded < FAILURES_PER_ADDRESS);
+        let admit = if has_budget_left && self.take_token(now) {
+            Admit::Record
+        } else {
+            Admit::Suppress
+        };
+        let w = self.by_address.entry(key).or_insert(Window {
+            start: now,
+            recorded: 0,
+            suppressed: 0,
+            last: ip,
+        });
+        w.last = ip;
+        match admit {
+            Admit::Record => w.recorded += 1,
+            Admit::Suppress => w.suppressed += 1,
+        }
+        (admit, closed)
+    }
+
+    fn ended(&mut self, now: Instant, all: bool) -> Vec<Suppressed> {
+        let keys: Vec<IpAddr> = self
+            .by_address
+            .iter()
+            .filter(|(_, w)| all || now.saturating_duration_since(w.start) >= FAILURE_WINDOW)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut ended = Vec::new();
+        for k in keys {
+            if let Some(w) = self.by_address.remove(&k) {
+                ended.extend(self.close(&w, now));
+            }
+        }
+        if self.untracked > 0
+            && (all || now.saturating_duration_since(self.untracked_since) >= FAILURE_WINDOW)
+        {
+            ended.push(Suppressed {
+                ip: None,
+                count: std::mem::take(&mut self.untracked),
+            });
+        }
+        ended
+    }
 }
 
 impl std::fmt::Debug for Recorder {
@@ -61,6 +226,7 @@ impl Default for Recorder {
             pending: Mutex::default(),
             audit_tx,
             audit_rx: Mutex::new(Some(audit_rx)),
+            failures: Mutex::new(FailureWindows::new(Instant::now())),
         }
     }
 }
@@ -84,6 +250,24 @@ impl Recorder {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a failure of `ip` (whose per-address unit is `key`) at `now`: whether it
+    /// gets its own record, and the summary of the address's previous window if that
+    /// window has just ended.
+    pub fn failure(&self, key: IpAddr, ip: IpAddr, now: Instant) -> (Admit, Option<Suppressed>) {
+        self.failures().failure(key, ip, now)
+    }
+
+    /// The summaries of the failure windows ended by `now` (of all windows when `all`),
+    /// which are forgotten: the windows stay as many as the addresses that failed in
+    /// the last minute, and at most [`FAILURE_ADDRESSES`].
+    pub fn ended_failure_windows(&self, now: Instant, all: bool) -> Vec<Suppressed> {
+        self.failures().ended(now, all)
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, FailureWindows> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues an audit entry; returns false when the queue is full and it was dropped.
@@ -143,11 +327,13 @@ pub struct DbThread {
 }
 
 impl DbThread {
-    /// Starts the thread over the database at `db`.
+    /// Starts the thread over the database at `db`. With a `retention`, audit rows
+    /// older than it are deleted at once and then every hour.
     pub fn spawn(
         db: PathBuf,
         verifier: Arc<Verifier>,
         recorder: Arc<Recorder>,
+        retention: Option<Duration>,
     ) -> anyhow::Result<DbThread> {
         let mut store = Store::open(&db, OpenMode::Existing)?;
         let audit_rx = recorder
@@ -164,8 +350,15 @@ impl DbThread {
                 let mut version = data_version(&store).ok();
                 let mut last_flush = Instant::now();
                 let mut pending_audit: Vec<audit::Entry> = Vec::new();
+                let mut last_prune = None::<Instant>;
                 loop {
                     let stopping_now = stopping.load(Ordering::Acquire);
+                    if let Some(keep) = retention {
+                        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE) {
+                            last_prune = Some(Instant::now());
+                            prune(&mut store, keep);
+                        }
+                    }
                     match data_version(&store) {
                         Ok(v) if Some(v) != version => match verifier.refresh(store.conn()) {
                             Ok(()) => version = Some(v),
@@ -228,6 +421,25 @@ fn data_version(store: &Store) -> rusqlite::Result<i64> {
         .query_row("PRAGMA data_version", [], |r| r.get(0))
 }
 
+/// Deletes the audit rows older than `keep`. A failure is logged and tried again at
+/// the next hour.
+fn prune(store: &mut Store, keep: Duration) {
+    let before = now().saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX));
+    match store.write(|tx| audit::prune(tx, before)) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("deleted {n} audit rows older than {}", days(keep)),
+        Err(e) => tracing::error!("deleting old audit rows failed, will retry in an hour: {e}"),
+    }
+}
+
+/// A retention as it was likely given: `90d` rather than humantime's months.
+pub fn days(d: Duration) -> String {
+    match d.as_secs() {
+        s if s > 0 && s % usage::DAY as u64 == 0 => format!("{}d", s / usage::DAY as u64),
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
 /// Writes recorded usage, `last_used_at` and audit entries in one transaction. On
 /// failure everything is kept for the next try (the audit backlog stays bounded).
 fn flush(store: &mut Store, recorder: &Recorder, pending_audit: &mut Vec<audit::Entry>) {
@@ -279,6 +491,122 @@ mod tests {
 
     fn row(id: i64, user: &str, model: &str, n: u64) -> (i64, String, String, Counts) {
         (id, user.to_string(), model.to_string(), counts(n))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    /// Feeds `n` failures of `addr`, one every `gap`, from `*t` on; returns how many
+    /// were recorded and the summaries of ended windows met on the way.
+    fn fail(
+        w: &mut FailureWindows,
+        addr: &str,
+        n: u32,
+        t: &mut Instant,
+        gap: Duration,
+    ) -> (u32, Vec<Suppressed>) {
+        let (mut recorded, mut closed) = (0, Vec::new());
+        for _ in 0..n {
+            let (admit, c) = w.failure(ip(addr), ip(addr), *t);
+            recorded += u32::from(admit == Admit::Record);
+            closed.extend(c);
+            *t += gap;
+        }
+        (recorded, closed)
+    }
+
+    #[test]
+    fn an_address_gets_ten_records_a_minute_and_one_summary() {
+        let start = Instant::now();
+        let mut w = FailureWindows::new(start);
+        let mut t = start;
+        let gap = Duration::from_millis(100);
+        let (recorded, closed) = fail(&mut w, "10.0.0.1", 500, &mut t, gap);
+        assert_eq!((recorded, closed.len()), (10, 0), "50 s into the window");
+        // Another address is not held back by the first.
+        let (recorded, _) = fail(&mut w, "10.0.0.2", 3, &mut t, gap);
+        assert_eq!(recorded, 3);
+        assert!(w.ended(t, false).is_empty(), "no window has ended yet");
+        // The next failure after the minute: the summary, and a fresh window.
+        t = start + FAILURE_WINDOW + gap;
+        let (recorded, closed) = fail(&mut w, "10.0.0.1", 1, &mut t, gap);
+        assert_eq!(recorded, 1);
+        let expected = Suppressed {
+            ip: Some(ip("10.0.0.1")),
+            count: 490,
+        };
+        assert_eq!(closed, [expected]);
+        // The sweep forgets ended windows; the one that left nothing out has no summary.
+        let ended = w.ended(t + FAILURE_WINDOW, false);
+        assert!(ended.is_empty(), "{ended:?}");
+        assert!(w.by_address.is_empty());
+    }
+
+    #[test]
+    fn all_addresses_share_fifty_records_a_second() {
+        let start = Instant::now();
+        let mut w = FailureWindows::new(start);
+        let mut recorded = 0;
+        for i in 0..200u32 {
+            let a = format!("10.0.{}.{}", i / 250, i % 250);
+            let (admit, _) = w.failure(ip(&a), ip(&a), start);
+            recorded += u32::from(admit == Admit::Record);
+        }
+        assert_eq!(recorded, FAILURES_PER_SECOND);
+        // A second later, the budget is back.
+        let later = start + Duration::from_secs(1);
+        let (admit, _) = w.failure(ip("10.9.9.9"), ip("10.9.9.9"), later);
+        assert_eq!(admit, Admit::Record);
+        // At shutdown every window with something left out is summarised; past the
+        // budget, the rest go into one summary without an address.
+        let ended = w.ended(later, true);
+        let total: u64 = ended.iter().map(|s| s.count).sum();
+        assert_eq!(total, 150);
+        assert!(
+            ended.len() <= FAILURES_PER_SECOND as usize + 1,
+            "{}",
+            ended.len()
+        );
+        assert_eq!(ended.last().map(|s| s.ip), Some(None));
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_shares_one_window_and_the_windows_are_capped() {
+        let start = Instant::now();
+        let mut w = FailureWindows::new(start);
+        let key = ip("2001:db8::");
+        let mut recorded = 0;
+        for i in 0..30u32 {
+            let addr = ip(&format!("2001:db8::{i:x}"));
+            let t = start + Duration::from_secs(1);
+            recorded += u32::from(w.failure(key, addr, t).0 == Admit::Record);
+        }
+        assert_eq!(recorded, FAILURES_PER_ADDRESS);
+        let ended = w.ended(start + FAILURE_WINDOW * 2, false);
+        assert_eq!(
+            ended,
+            [Suppressed {
+                ip: Some(ip("2001:db8::1d")),
+                count: 20
+            }]
+        );
+
+        // No more windows than the cap; the rest are counted without an address.
+        let mut t = start + FAILURE_WINDOW * 3;
+        for i in 0..FAILURE_ADDRESSES as u32 + 5 {
+            let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            w.failure(a, a, t);
+            t += Duration::from_micros(1);
+        }
+        assert_eq!(w.by_address.len(), FAILURE_ADDRESSES);
+        let ended = w.ended(t + FAILURE_WINDOW, false);
+        assert!(w.by_address.is_empty());
+        let untracked: Vec<_> = ended.iter().filter(|s| s.ip.is_none()).collect();
+        assert_eq!(untracked.len(), 1);
+        let total: u64 = ended.iter().map(|s| s.count).sum();
+        let recorded = FAILURES_PER_SECOND as u64; // all within a second's budget
+        assert_eq!(total, FAILURE_ADDRESSES as u64 + 5 - recorded);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,12 +49,7 @@ pub struct Net(IpAddr);
 impl Net {
     /// The counted address of `ip`.
     pub fn of(ip: IpAddr) -> Net {
-        match ip.to_canonical() {
-            IpAddr::V6(v6) => Net(IpAddr::V6(Ipv6Addr::from(
-                u128::from(v6) & (u128::MAX << 64),
-            ))),
-            v4 => Net(v4),
-        }
+        Net(super::addr::counted(ip))
     }
 }
 
