@@ -54,6 +54,7 @@ pub fn record(
         report(&state.recorder, &state.metrics, s);
     }
     if admit == Admit::Suppress {
+        state.metrics.auth_failures_suppressed.inc();
         return;
     }
     let method = clean(method.as_str(), MAX_METHOD);

@@ -46,6 +46,10 @@ pub struct Metrics {
     pub streams: Gauge,
     pub tokens: Family<TokenLabels, Counter>,
     pub audit_dropped: Counter,
+    /// Failures counted but not logged or audited one by one (past the rate bound).
+    pub auth_failures_suppressed: Counter,
+    /// Connections closed at once for a cap: `cap` is `per_address` or `total`.
+    pub connections_refused: Family<KindLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -65,6 +69,8 @@ impl Default for Metrics {
         let streams = Gauge::default();
         let tokens = Family::<TokenLabels, Counter>::default();
         let audit_dropped = Counter::default();
+        let auth_failures_suppressed = Counter::default();
+        let connections_refused = Family::<KindLabel, Counter>::default();
         registry.register(
             "requests",
             "Requests by route class and status",
@@ -96,6 +102,16 @@ impl Default for Metrics {
             "Audit entries dropped because the queue was full",
             audit_dropped.clone(),
         );
+        registry.register(
+            "auth_failures_suppressed",
+            "Authentication failures past the per-address or overall record bound, counted but not logged one by one",
+            auth_failures_suppressed.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once for a cap (kind: per_address or total)",
+            connections_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -105,6 +121,8 @@ impl Default for Metrics {
             streams,
             tokens,
             audit_dropped,
+            auth_failures_suppressed,
+            connections_refused,
         }
     }
 }

@@ -29,7 +29,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 
 use super::error::{Dialect, GateError};
-use super::metrics::Metrics;
+use super::metrics::{KindLabel, Metrics};
 use super::{State, addr, handler};
 
 /// hyper's own cap on a request head; past it hyper answers 431 itself. Heads under it
@@ -246,7 +246,16 @@ pub async fn run(
         };
         let slot = match conns.admit(peer.ip()) {
             Ok(slot) => slot,
-            Err(_) => {
+            Err(over) => {
+                let kind = match over {
+                    Over::PerAddress => "per_address",
+                    Over::Total => "total",
+                };
+                state
+                    .metrics
+                    .connections_refused
+                    .get_or_create(&KindLabel { kind })
+                    .inc();
                 refuse(stream, tls.is_none());
                 continue;
             }
