@@ -311,8 +311,11 @@ async fn stop_aborts_live_streams_and_frees_the_port() {
         chunk_delay: Duration::from_millis(500),
         ..FakeOptions::default()
     };
-    let fake = FakeOllama::start(opts.clone()).await;
-    let addr = fake.addr();
+    // A port no other test's bind to port 0 can take while the fake is stopped.
+    let addr = FakeOllama::restartable_addr();
+    let fake = FakeOllama::start_on(addr, opts.clone())
+        .await
+        .expect("start the fake");
     let c = client();
     let body = r#"{"model":"llama3.2","messages":[]}"#;
     let resp = send(&c, post(format!("{}/api/chat", fake.url()), body)).await;

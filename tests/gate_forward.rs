@@ -523,9 +523,8 @@ async fn client_disconnect_cancels_the_upstream_stream() {
 
 #[tokio::test]
 async fn upstream_down_then_up_without_restart() {
-    let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = probe.local_addr().expect("addr");
-    drop(probe);
+    // A port no other test's bind to port 0 can take while nothing listens on it.
+    let addr = FakeOllama::restartable_addr();
     let db = Db::new();
     let (_, key) = db.key(&["--tier", "admin"]);
     let gate = Gate::start(&db.path, &format!("http://{addr}"), &["--no-login"]);

@@ -1183,8 +1183,14 @@ async fn upstream_killed_mid_stream_ends_the_response_and_the_gate_lives() {
         chunk_delay: Duration::from_millis(200),
         ..FakeOptions::default()
     };
-    let (fake, _db, key, gate) = setup(opts.clone(), &["--no-login"]).await;
-    let addr = fake.addr();
+    // On a port that no other test can be given while this fake is down.
+    let addr = FakeOllama::restartable_addr();
+    let fake = FakeOllama::start_on(addr, opts.clone())
+        .await
+        .expect("start the fake");
+    let db = Db::new();
+    let (_, key) = db.key(&["--tier", "admin"]);
+    let gate = Gate::start(&db.path, &fake.url(), &["--no-login"]);
     // Pooled connections to the upstream exist, and will die with it.
     for _ in 0..3 {
         assert_eq!(get(&gate.url("/api/tags"), &key).await.status, 200);

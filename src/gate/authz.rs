@@ -5,6 +5,7 @@ use super::State;
 use super::authn::Principal;
 use super::error::GateError;
 use super::metrics::KindLabel;
+use super::route;
 
 /// `Ok` if `p` may use an admin-only route.
 pub fn require_admin(p: &Principal) -> Result<(), GateError> {
@@ -12,6 +13,17 @@ pub fn require_admin(p: &Principal) -> Result<(), GateError> {
         Ok(())
     } else {
         Err(GateError::AdminOnly(p.tier.clone()))
+    }
+}
+
+/// `Ok` if `p` may use a route forwarded as it is (`Route::Proxy`): anyone without a
+/// model allow-list; with one, only the routes whose model the gate can check (see
+/// [`route::checkable`]); admins always.
+pub fn require_checkable(p: &Principal, path: &str) -> Result<(), GateError> {
+    if p.admin || p.models.is_none() || route::checkable(path) {
+        Ok(())
+    } else {
+        Err(GateError::Unchecked(p.tier.clone()))
     }
 }
 

@@ -42,6 +42,9 @@ pub enum GateError {
     AdminOnly(String),
     #[error("Model {model:?} is not allowed for tier {tier:?}")]
     ModelNotAllowed { model: String, tier: String },
+    /// A route whose model the gate cannot check, for a tier with an allow-list.
+    #[error("Tier {0:?} may not use this route: its model allow-list cannot be checked on it")]
+    Unchecked(String),
     #[error("{0}")]
     NotFound(String),
     /// With the methods to name in `Allow`, when the route has one.
@@ -100,7 +103,9 @@ impl GateError {
             | GateError::Unavailable(_)
             | GateError::LoginBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GateError::Auth(_) | GateError::LoginFailed => StatusCode::UNAUTHORIZED,
-            GateError::AdminOnly(_) | GateError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            GateError::AdminOnly(_)
+            | GateError::ModelNotAllowed { .. }
+            | GateError::Unchecked(_) => StatusCode::FORBIDDEN,
             GateError::NotFound(_) => StatusCode::NOT_FOUND,
             GateError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GateError::Limited(_) | GateError::TooManyLogins { .. } => {
@@ -206,7 +211,9 @@ impl GateError {
                 ("invalid_request_error", Some("invalid_api_key"))
             }
             GateError::AdminOnly(_) => ("permission_error", Some("admin_only")),
-            GateError::ModelNotAllowed { .. } => ("permission_error", Some("model_not_allowed")),
+            GateError::ModelNotAllowed { .. } | GateError::Unchecked(_) => {
+                ("permission_error", Some("model_not_allowed"))
+            }
             GateError::NotFound(_) => ("invalid_request_error", Some("not_found")),
             GateError::Limited(Rejection::Tokens { .. }) => {
                 ("insufficient_quota", Some("insufficient_quota"))

@@ -100,6 +100,7 @@ async fn dispatch(
             return admin::handle(state, &principal, ip, req).await;
         }
         Route::Management => authz::require_admin(&principal)?,
+        Route::Proxy => authz::require_checkable(&principal, req.uri().path())?,
         Route::Model => {
             // `/v1/models/{id}`: the id is the model (percent-escapes as Ollama reads them).
             let id = req.uri().path().trim_start_matches("/v1/models/");

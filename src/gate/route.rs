@@ -74,6 +74,28 @@ pub fn classify(method: &Method, path: &str) -> Option<Route> {
     Some(route)
 }
 
+/// The generation routes (Ollama's and its OpenAI-compatible ones), where the model is
+/// named in a JSON body that the gate reads. With [`Route::Models`], [`Route::Model`]
+/// and [`Route::Info`] they are the routes the gate knows how to check a model on:
+/// a caller whose tier restricts models may use only these, so that a route Ollama
+/// adds later (naming its model some other way) cannot slip the allow-list.
+pub fn checkable(path: &str) -> bool {
+    let Some(decoded) = percent_decoded(path) else {
+        return false;
+    };
+    matches!(
+        decoded.as_ref(),
+        "/api/generate"
+            | "/api/chat"
+            | "/api/embed"
+            | "/api/embeddings"
+            | "/v1/chat/completions"
+            | "/v1/completions"
+            | "/v1/embeddings"
+            | "/v1/responses"
+    )
+}
+
 /// Whether `path` starts with `/` and has no empty, `.` or `..` segment, no backslash
 /// and no escaped dot, slash or backslash (`%2e`, `%2f`, `%5c`). One pass: it runs on
 /// every request.
@@ -137,6 +159,16 @@ pub fn percent_decoded(path: &str) -> Option<std::borrow::Cow<'_, str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkable_routes_are_the_generation_routes_however_spelled() {
+        assert!(checkable("/api/chat"));
+        assert!(checkable("/api/c%68at"));
+        assert!(checkable("/v1/chat/completions"));
+        assert!(!checkable("/v1/audio/transcriptions"));
+        assert!(!checkable("/api/new-thing"));
+        assert!(!checkable("/api/chat%"));
+    }
 
     #[test]
     fn paths_that_could_hide_a_route_are_refused() {

@@ -211,6 +211,24 @@ impl FakeOllama {
             .expect("bind the fake Ollama on 127.0.0.1:0")
     }
 
+    /// A free port on 127.0.0.1 below the kernel's ephemeral range (32768 and up on
+    /// Linux), for a test that stops a fake and starts it again on the same port: no
+    /// other test's bind to port 0 can take such a port in between.
+    pub fn restartable_addr() -> SocketAddr {
+        let seed = std::process::id() as u64
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+        for i in 0..2000u64 {
+            let port = 20_000 + ((seed.wrapping_mul(2_654_435_761) + i * 7919) % 12_000) as u16;
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+            if std::net::TcpListener::bind(addr).is_ok() {
+                return addr;
+            }
+        }
+        panic!("no free port between 20000 and 32000");
+    }
+
     /// Starts the fake on `addr` (with `SO_REUSEADDR`, so a stopped fake's port can be reused).
     pub async fn start_on(addr: SocketAddr, opts: FakeOptions) -> std::io::Result<FakeOllama> {
         let socket = if addr.is_ipv4() {
