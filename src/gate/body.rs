@@ -138,66 +138,95 @@ impl HttpBody for Guarded {
 /// other spellings dropped, as Go's decoder would take any of them. `None`: the body
 /// needs no change (another route, not a JSON object, already within the cap).
 pub fn cap_generation(body: &[u8], path: &str, remaining: u64) -> Option<Bytes> {
+    use serde_json::value::RawValue;
     use serde_json::{Map, Value};
+    use std::collections::BTreeMap;
     let ollama = matches!(path, "/api/generate" | "/api/chat");
     let openai = matches!(path, "/v1/chat/completions" | "/v1/completions");
     if !ollama && !openai {
         return None;
     }
-    let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(body) else {
-        return None;
-    };
+    // Only the top level is parsed; every value stays the text it came as (the
+    // messages above all), so the rewrite costs little more than a copy. Of duplicate
+    // keys the last is kept, as Go keeps it.
+    let mut doc: BTreeMap<String, &RawValue> = serde_json::from_slice(body).ok()?;
     let cap = remaining.min(i64::MAX as u64) as i64;
-    // Sets `key` to at most `cap`; true when that changed something.
-    fn capped(map: &mut Map<String, Value>, key: &str, cap: i64, always: bool) -> bool {
-        let spellings: Vec<String> = map
-            .keys()
+    let spellings = |doc: &BTreeMap<String, &RawValue>, key: &str| -> Vec<String> {
+        doc.keys()
             .filter(|k| k.eq_ignore_ascii_case(key))
             .cloned()
-            .collect();
-        let current = spellings
-            .iter()
-            .filter_map(|k| map.get(k))
-            .filter_map(Value::as_i64)
-            .next_back();
+            .collect()
+    };
+    // The value to send for `key` (at most `cap`), given the values of its spellings.
+    let limit = |current: Option<i64>| match current {
         // Ollama reads num_predict -1 (or -2) as "no limit".
-        let within = current.is_some_and(|n| n > 0 && n <= cap);
-        if within && spellings.len() == 1 && spellings[0] == key {
-            return false;
-        }
-        if spellings.is_empty() && !always {
-            return false;
-        }
-        for k in &spellings {
-            map.remove(k);
-        }
-        map.insert(
-            key.into(),
-            Value::from(if within { current.unwrap_or(cap) } else { cap }),
-        );
-        true
-    }
-    let changed = if ollama {
-        let spellings: Vec<String> = doc
-            .keys()
-            .filter(|k| k.eq_ignore_ascii_case("options"))
-            .cloned()
-            .collect();
+        Some(n) if n > 0 && n <= cap => n,
+        _ => cap,
+    };
+    let mut set: Vec<(String, String)> = Vec::new();
+    if ollama {
         let mut options = Map::new();
-        for k in &spellings {
-            if let Some(Value::Object(o)) = doc.remove(k) {
+        for k in spellings(&doc, "options") {
+            if let Some(raw) = doc.remove(&k)
+                && let Ok(Value::Object(o)) = serde_json::from_str::<Value>(raw.get())
+            {
                 options.extend(o);
             }
         }
-        capped(&mut options, "num_predict", cap, true);
-        doc.insert("options".into(), Value::Object(options));
-        true
+        let given: Vec<String> = options
+            .keys()
+            .filter(|k| k.eq_ignore_ascii_case("num_predict"))
+            .cloned()
+            .collect();
+        let current = given
+            .iter()
+            .filter_map(|k| options.get(k))
+            .filter_map(Value::as_i64)
+            .next_back();
+        for k in &given {
+            options.remove(k);
+        }
+        options.insert("num_predict".into(), Value::from(limit(current)));
+        set.push(("options".into(), Value::Object(options).to_string()));
     } else {
-        let a = capped(&mut doc, "max_tokens", cap, true);
-        let b = capped(&mut doc, "max_completion_tokens", cap, false);
-        a || b
-    };
-    changed.then(|| Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()))
+        for (key, always) in [("max_tokens", true), ("max_completion_tokens", false)] {
+            let given = spellings(&doc, key);
+            let current = given
+                .iter()
+                .filter_map(|k| doc.get(k))
+                .filter_map(|raw| raw.get().parse::<i64>().ok())
+                .next_back();
+            let n = limit(current);
+            if (given.is_empty() && !always)
+                || (given.len() == 1 && given[0] == key && current == Some(n))
+            {
+                continue;
+            }
+            for k in &given {
+                doc.remove(k);
+            }
+            set.push((key.into(), n.to_string()));
+        }
+        if set.is_empty() {
+            return None;
+        }
+    }
+    let mut out = Vec::with_capacity(body.len() + 32);
+    out.push(b'{');
+    let fields = doc
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.get()))
+        .chain(set.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    for (i, (k, v)) in fields.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, k).ok()?;
+        out.push(b':');
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.push(b'}');
+    Some(Bytes::from(out))
 }
 
 /// Every model a JSON body names at its top level, read as Ollama will read it: Go's
