@@ -146,6 +146,9 @@ pub fn cap_generation(body: &[u8], path: &str, remaining: u64) -> Option<Bytes> 
     if !ollama && !openai {
         return None;
     }
+    if let Some(appended) = append_cap(body, ollama, remaining) {
+        return Some(appended);
+    }
     // Only the top level is parsed; every value stays the text it came as (the
     // messages above all), so the rewrite costs little more than a copy. Of duplicate
     // keys the last is kept, as Go keeps it.
@@ -226,6 +229,42 @@ pub fn cap_generation(body: &[u8], path: &str, remaining: u64) -> Option<Bytes> 
         out.extend_from_slice(v.as_bytes());
     }
     out.push(b'}');
+    Some(Bytes::from(out))
+}
+
+/// The cap for a body that sets no limit of its own, written without parsing: the field
+/// appended before the object's closing brace. `None` (so the body is parsed) when any
+/// spelling of a limit or of `options` appears, or any escape that could spell one, or
+/// the body does not end its object. The caller has already read the body as one JSON
+/// object (`models_of`).
+fn append_cap(body: &[u8], ollama: bool, remaining: u64) -> Option<Bytes> {
+    let mentions = |word: &[u8]| {
+        body.windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
+    };
+    let words: &[&[u8]] = if ollama {
+        &[b"options", b"num_predict"]
+    } else {
+        &[b"max_tokens", b"max_completion_tokens"]
+    };
+    if memchr::memchr(b'\\', body).is_some() || words.iter().any(|w| mentions(w)) {
+        return None;
+    }
+    let end = body.trim_ascii_end();
+    let inner = end.strip_suffix(b"}")?.trim_ascii_end();
+    let empty = inner.trim_ascii_start() == b"{";
+    let cap = remaining.min(i64::MAX as u64);
+    let field = if ollama {
+        format!("\"options\":{{\"num_predict\":{cap}}}}}")
+    } else {
+        format!("\"max_tokens\":{cap}}}")
+    };
+    let mut out = Vec::with_capacity(inner.len() + field.len() + 1);
+    out.extend_from_slice(inner);
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(field.as_bytes());
     Some(Bytes::from(out))
 }
 
@@ -376,6 +415,23 @@ mod tests {
         );
         assert_eq!(cap(r#"{"model":"m"}"#, "/api/embed"), None);
         assert_eq!(cap("[1]", "/api/chat"), None);
+        // The common case is appended, not parsed: the same document.
+        let raw = |b: &str, path: &str| cap_generation(b.as_bytes(), path, 100).expect("capped");
+        assert_eq!(
+            &raw(r#"{"model":"m","prompt":"hi"} "#, "/api/generate")[..],
+            br#"{"model":"m","prompt":"hi","options":{"num_predict":100}}"#
+        );
+        assert_eq!(
+            &raw("{ }", "/api/chat")[..],
+            br#"{"options":{"num_predict":100}}"#
+        );
+        assert_eq!(
+            &raw(r#"{"model":"m","messages":[]}"#, "/v1/chat/completions")[..],
+            br#"{"model":"m","messages":[],"max_tokens":100}"#
+        );
+        // An escape that could spell a key goes the long way.
+        let v = cap(r#"{"model":"m","m\u0061x_tokens":9000}"#, "/v1/completions").expect("capped");
+        assert_eq!(v["max_tokens"], 100);
     }
 
     #[test]
