@@ -14,7 +14,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::respond::BoxError;
 
-use super::error::GateError;
+use super::error::{GateError, Stalled};
 
 /// The length a request declares (`Content-Length`), if it declares one.
 pub fn declared_len(headers: &HeaderMap) -> Option<u64> {
@@ -23,12 +23,6 @@ pub fn declared_len(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
 }
-
-/// A request body that went silent for longer than the body timeout (a client
-/// trickling bytes to hold a connection and a task).
-#[derive(Debug, thiserror::Error)]
-#[error("request body stalled for {0:?}")]
-pub struct Stalled(pub Duration);
 
 /// Reads the whole request body, at most `limit` bytes, each frame within `idle` of the
 /// one before. A body that comes in one frame, as most do, is kept as it came, without

@@ -3,6 +3,8 @@
 //! `detail` and also speaks its client's language, so that the client shows the
 //! message: OpenAI's `error.message` on `/v1/*`, Ollama's `error` string elsewhere.
 
+use std::time::Duration;
+
 use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 
@@ -10,6 +12,12 @@ use super::authn::AuthError;
 use super::limits::Rejection;
 use super::respond::{self, Body};
 use super::upstream::UpstreamError;
+
+/// A request body that went silent for longer than the body timeout (a client
+/// trickling bytes to hold a connection and a task).
+#[derive(Debug, thiserror::Error)]
+#[error("request body stalled for {0:?}")]
+pub struct Stalled(pub Duration);
 
 /// Why the gate answered a request itself instead of forwarding it. `Display` is the
 /// `detail` the client reads; sources are kept for the log.
@@ -25,7 +33,7 @@ pub enum GateError {
     #[error("Could not read the request body")]
     BodyUnreadable(#[source] hyper::Error),
     #[error("Request body timed out")]
-    BodyStalled(#[source] super::body::Stalled),
+    BodyStalled(#[source] Stalled),
     #[error("Request body is not valid JSON")]
     NotJson,
     /// A client mistake the message explains (400).
@@ -78,8 +86,8 @@ impl From<UpstreamError> for GateError {
     fn from(e: UpstreamError) -> GateError {
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
-            if let Some(stalled) = s.downcast_ref::<super::body::Stalled>() {
-                return GateError::BodyStalled(super::body::Stalled(stalled.0));
+            if let Some(stalled) = s.downcast_ref::<Stalled>() {
+                return GateError::BodyStalled(Stalled(stalled.0));
             }
             source = s.source();
         }

@@ -17,7 +17,8 @@ use std::time::Instant;
 use hyper::Method;
 
 use super::metrics::{Metrics, ReasonLabel};
-use super::recorder::{Admit, FAILURE_WINDOW, Recorder, Suppressed};
+use super::recorder::Recorder;
+use super::windows::{Admit, FAILURE_WINDOW, Suppressed};
 use super::{State, addr};
 use crate::auth::key;
 use crate::store::audit;

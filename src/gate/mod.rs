@@ -36,6 +36,7 @@ pub mod stream;
 pub mod tap;
 pub mod throttle;
 pub mod upstream;
+pub mod windows;
 
 pub use config::Config;
 pub use state::{Shared, State};
