@@ -19,7 +19,7 @@ use super::respond::{self, Body};
 use super::route::Route;
 use super::stream::{Accounting, Tapped};
 use super::upstream::{Lease, Upstream, UpstreamError};
-use super::{State, authz, body, headers};
+use super::{State, authz, body, cap, headers};
 use crate::store::usage::DAY;
 
 /// The largest `/api/tags` or `/v1/models` answer filtered for a caller.
@@ -74,7 +74,7 @@ pub async fn forward(
                 .state
                 .tokens_on(crate::store::now().div_euclid(DAY));
             let remaining = limit.saturating_sub(used).max(1);
-            if let Some(capped) = body::cap_generation(&bytes, parts.uri.path(), remaining) {
+            if let Some(capped) = cap::generation(&bytes, parts.uri.path(), remaining) {
                 parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(capped.len()));

@@ -5,9 +5,10 @@
 //! [`route`] (what the path is) → [`cors`] → [`authn`] (the credential, the verifier
 //! and its cache) → [`authz`] (admin routes, the model allow-list, with [`body`] and
 //! [`models`]) → [`limits`] → [`forward`] (the upstream request over [`upstream`]'s
-//! pool, with [`headers`] hygiene) → [`stream`] (the response body, read by the usage
-//! [`tap`]). Beside the flow: [`login`] and [`admin`] (the gate's own routes),
-//! [`failure`] (the record of an auth failure), [`throttle`] (login attempts),
+//! pool, with [`headers`] hygiene and the generation [`cap`]) → [`stream`] (the
+//! response body, read by the usage [`tap`]). Beside the flow: [`login`] and [`admin`]
+//! (the gate's own routes), [`failure`] (the record of an auth failure, bounded by
+//! [`windows`]), [`throttle`] (login attempts), [`addr`] (the per-address rule),
 //! [`recorder`] (the database thread), [`metrics`], and [`error`], the one mapping of
 //! every refusal to a status and body.
 
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod authn;
 pub mod authz;
 pub mod body;
+pub mod cap;
 pub mod config;
 pub mod cors;
 pub mod error;
