@@ -22,7 +22,7 @@ fn unsafe_on_terminal(c: char) -> bool {
         )
 }
 
-/// `s` with every character that is [unsafe on a terminal](unsafe_on_terminal) written
+/// `s` with every character that is unsafe on a terminal (C0, DEL, C1 and bidi controls) written
 /// out visibly as `\u{1b}`. Every cell, field and status line passes through here, so
 /// that text a client chose (key and user names, audit details, model names) shows as
 /// text.
@@ -194,8 +194,8 @@ pub fn status(line: impl std::fmt::Display) {
     let _ = writeln!(std::io::stderr().lock(), "{}", escape(&line.to_string()));
 }
 
-/// Prints one JSON document, pretty, with every character that is [unsafe on a
-/// terminal](unsafe_on_terminal) as a `\u` escape (serde_json escapes only C0): the same
+/// Prints one JSON document, pretty, with every character that is unsafe on a
+/// terminal (C0, DEL, C1 and bidi controls) as a `\u` escape (serde_json escapes only C0): the same
 /// document to a parser, and safe to show.
 pub fn print_json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -106,7 +106,7 @@ impl Recorder {
 
     /// The summaries of the failure windows ended by `now` (of all windows when `all`),
     /// which are forgotten: the windows stay as many as the addresses that failed in
-    /// the last minute, and at most [`FAILURE_ADDRESSES`].
+    /// the last minute, and at most [`FAILURE_ADDRESSES`](super::windows::FAILURE_ADDRESSES).
     pub fn ended_failure_windows(&self, now: Instant, all: bool) -> Vec<Suppressed> {
         self.failures().ended(now, all)
     }

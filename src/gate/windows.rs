@@ -13,7 +13,7 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 pub const FAILURES_PER_SECOND: u32 = 50;
 /// Addresses with a failure window at once; failures of further addresses are only
 /// counted, in one summary without an address. About 80 bytes each.
-const FAILURE_ADDRESSES: usize = 10_000;
+pub const FAILURE_ADDRESSES: usize = 10_000;
 
 /// Whether a failure gets its own record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
