@@ -11,8 +11,8 @@ use http_body_util::BodyExt;
 use hyper::HeaderMap;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header;
-use tokio::time::{Instant, Sleep};
 
+use super::idle::Idle;
 use super::respond::BoxError;
 
 use super::error::{GateError, Stalled};
@@ -57,14 +57,10 @@ pub async fn read(mut body: Incoming, limit: u64, idle: Duration) -> Result<Byte
 }
 
 /// A request body streamed on to the upstream, ended with [`Stalled`] when the client
-/// goes silent for longer than `idle` between two frames. The timer is made only the
-/// first time the client keeps the body waiting (most bodies come with their head) and
-/// moved on only when it fires, as in [`Tapped`](super::stream::Tapped).
+/// goes silent for longer than `idle` between two frames.
 pub struct Guarded {
     inner: Incoming,
-    idle: Duration,
-    last_frame: Instant,
-    timer: Option<Pin<Box<Sleep>>>,
+    idle: Idle,
 }
 
 impl Guarded {
@@ -76,9 +72,7 @@ impl Guarded {
         }
         Guarded {
             inner,
-            idle,
-            last_frame: Instant::now(),
-            timer: None,
+            idle: Idle::new(idle),
         }
         .boxed()
     }
@@ -95,24 +89,13 @@ impl HttpBody for Guarded {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(r) => {
-                this.last_frame = Instant::now();
+                this.idle.touch();
                 Poll::Ready(r.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => {
-                let deadline = this.last_frame + this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                while timer.as_mut().poll(cx).is_ready() {
-                    let deadline = this.last_frame + this.idle;
-                    if deadline > Instant::now() {
-                        timer.as_mut().reset(deadline);
-                        continue;
-                    }
-                    return Poll::Ready(Some(Err(Box::new(Stalled(this.idle)))));
-                }
-                Poll::Pending
+            Poll::Pending if this.idle.expired(cx) => {
+                Poll::Ready(Some(Err(Box::new(Stalled(this.idle.timeout())))))
             }
+            Poll::Pending => Poll::Pending,
         }
     }
 

@@ -25,6 +25,7 @@ pub mod failure;
 pub mod forward;
 pub mod handler;
 pub mod headers;
+pub mod idle;
 pub mod limits;
 pub mod login;
 pub mod metrics;

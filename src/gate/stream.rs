@@ -6,14 +6,13 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use tokio::time::Sleep;
 
 use super::State;
 use super::authn::Principal;
+use super::idle::Idle;
 use super::limits::{self, Admitted};
 use super::respond::BoxError;
 use super::tap::{Scanner, Seen};
@@ -86,12 +85,8 @@ impl Accounting {
 pub struct Tapped {
     inner: Incoming,
     scanner: Option<Scanner>,
-    /// Fires at the latest `last_frame + idle_timeout`; moved on when it fires rather
-    /// than on every frame, since re-arming a timer takes the timer wheel's lock. Made
-    /// the first time the upstream keeps the body waiting: most bodies never do.
-    idle: Option<Pin<Box<Sleep>>>,
-    last_frame: tokio::time::Instant,
-    idle_timeout: Duration,
+    /// The upstream's silence between two frames, bounded by `--idle-timeout`.
+    idle: Idle,
     /// The upstream connection, returned to the pool when the body has ended; dropped
     /// with the body otherwise, which closes it (Ollama stops generating).
     lease: Option<Lease>,
@@ -105,9 +100,7 @@ impl Tapped {
         Tapped {
             inner,
             scanner: scan.then(Scanner::default),
-            idle: None,
-            last_frame: tokio::time::Instant::now(),
-            idle_timeout: accounting.state.config.idle_timeout,
+            idle: Idle::new(accounting.state.config.idle_timeout),
             lease: Some(lease),
             accounting: Some(accounting),
         }
@@ -152,7 +145,7 @@ impl HttpBody for Tapped {
                         sc.feed(data);
                     }
                 }
-                this.last_frame = tokio::time::Instant::now();
+                this.idle.touch();
                 // hyper stops polling a body that says it has ended, so the connection
                 // goes back to the pool here, not only on the final `None`.
                 if ended {
@@ -172,27 +165,15 @@ impl HttpBody for Tapped {
                 this.finish();
                 Poll::Ready(None)
             }
-            Poll::Pending => {
-                let deadline = this.last_frame + this.idle_timeout;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                while idle.as_mut().poll(cx).is_ready() {
-                    let deadline = this.last_frame + this.idle_timeout;
-                    if deadline > tokio::time::Instant::now() {
-                        // A frame came since the timer was set: wait the rest.
-                        idle.as_mut().reset(deadline);
-                        continue;
-                    }
-                    this.finish();
-                    tracing::warn!(
-                        "upstream idle for {:?}, ending the response",
-                        this.idle_timeout
-                    );
-                    return Poll::Ready(Some(Err("upstream idle timeout".into())));
-                }
-                Poll::Pending
+            Poll::Pending if this.idle.expired(cx) => {
+                this.finish();
+                tracing::warn!(
+                    "upstream idle for {:?}, ending the response",
+                    this.idle.timeout()
+                );
+                Poll::Ready(Some(Err("upstream idle timeout".into())))
             }
+            Poll::Pending => Poll::Pending,
         }
     }
 
