@@ -45,6 +45,9 @@ const STATUS_FIELDS: &[&str] = &[
     "usable_keys",
     "users",
     "tiers",
+    "hosts",
+    "draining_hosts",
+    "model_pins",
 ];
 const TIER_FIELDS: &[&str] = &[
     "name",
@@ -1650,6 +1653,9 @@ fn status_reports_version_path_schema_and_counts() {
             "usable_keys": 1,
             "users": 0,
             "tiers": 3,
+            "hosts": 0,
+            "draining_hosts": 0,
+            "model_pins": 0,
         })
     );
     let out = env.ok(&["status"]);
