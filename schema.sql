@@ -72,3 +72,34 @@ CREATE TABLE audit (
     detail      TEXT
 );
 CREATE INDEX audit_at ON audit(at);
+
+-- migration: 2
+-- The model servers behind the gate (`aigate host`). The CLI writes name .. created_at
+-- (with an audit row); the gate writes back what it observes (state .. seen_at), without
+-- one. A row the gate has not written for a while is shown as `unknown`.
+CREATE TABLE hosts (
+    id              INTEGER PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    url             TEXT NOT NULL UNIQUE,       -- canonical http://host:port (host lowercased)
+    kind            TEXT NOT NULL DEFAULT 'ollama' CHECK (kind IN ('ollama', 'openai')),
+    slots           INTEGER NOT NULL DEFAULT 1 CHECK (slots BETWEEN 1 AND 1024),
+    draining        INTEGER NOT NULL DEFAULT 0, -- no new requests; those in flight finish
+    created_at      INTEGER NOT NULL,
+    state           TEXT CHECK (state IN ('up', 'down')), -- the gate's last verdict; NULL = never seen
+    loaded_models   TEXT NOT NULL DEFAULT '[]', -- JSON array of model names (/api/ps)
+    in_flight       INTEGER NOT NULL DEFAULT 0, -- requests the gate had on the host
+    seen_at         INTEGER                     -- when the gate last wrote the three above
+);
+
+-- Options a client may not choose for a model, because a different value makes Ollama
+-- reload it. The model is normalized (`:latest` added) and compared as Ollama does,
+-- without regard to case.
+CREATE TABLE model_pins (
+    model           TEXT NOT NULL PRIMARY KEY COLLATE NOCASE,
+    num_ctx         INTEGER CHECK (num_ctx > 0),
+    keep_alive      TEXT,                       -- as the operator wrote it: 30m, 0, -1, forever
+    keep_alive_secs INTEGER,                    -- the same in seconds; -1 = never unload
+    updated_at      INTEGER NOT NULL,
+    CHECK ((keep_alive IS NULL) = (keep_alive_secs IS NULL)),
+    CHECK (num_ctx IS NOT NULL OR keep_alive IS NOT NULL)
+);

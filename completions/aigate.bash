@@ -25,11 +25,17 @@ _aigate() {
             aigate,help)
                 cmd="aigate__subcmd__help"
                 ;;
+            aigate,host)
+                cmd="aigate__subcmd__host"
+                ;;
             aigate,init)
                 cmd="aigate__subcmd__init"
                 ;;
             aigate,key)
                 cmd="aigate__subcmd__key"
+                ;;
+            aigate,model)
+                cmd="aigate__subcmd__model"
                 ;;
             aigate,serve)
                 cmd="aigate__subcmd__serve"
@@ -55,11 +61,17 @@ _aigate() {
             aigate__subcmd__help,help)
                 cmd="aigate__subcmd__help__subcmd__help"
                 ;;
+            aigate__subcmd__help,host)
+                cmd="aigate__subcmd__help__subcmd__host"
+                ;;
             aigate__subcmd__help,init)
                 cmd="aigate__subcmd__help__subcmd__init"
                 ;;
             aigate__subcmd__help,key)
                 cmd="aigate__subcmd__help__subcmd__key"
+                ;;
+            aigate__subcmd__help,model)
+                cmd="aigate__subcmd__help__subcmd__model"
                 ;;
             aigate__subcmd__help,serve)
                 cmd="aigate__subcmd__help__subcmd__serve"
@@ -75,6 +87,21 @@ _aigate() {
                 ;;
             aigate__subcmd__help,user)
                 cmd="aigate__subcmd__help__subcmd__user"
+                ;;
+            aigate__subcmd__help__subcmd__host,add)
+                cmd="aigate__subcmd__help__subcmd__host__subcmd__add"
+                ;;
+            aigate__subcmd__help__subcmd__host,drain)
+                cmd="aigate__subcmd__help__subcmd__host__subcmd__drain"
+                ;;
+            aigate__subcmd__help__subcmd__host,list)
+                cmd="aigate__subcmd__help__subcmd__host__subcmd__list"
+                ;;
+            aigate__subcmd__help__subcmd__host,remove)
+                cmd="aigate__subcmd__help__subcmd__host__subcmd__remove"
+                ;;
+            aigate__subcmd__help__subcmd__host,undrain)
+                cmd="aigate__subcmd__help__subcmd__host__subcmd__undrain"
                 ;;
             aigate__subcmd__help__subcmd__key,create)
                 cmd="aigate__subcmd__help__subcmd__key__subcmd__create"
@@ -93,6 +120,15 @@ _aigate() {
                 ;;
             aigate__subcmd__help__subcmd__key,show)
                 cmd="aigate__subcmd__help__subcmd__key__subcmd__show"
+                ;;
+            aigate__subcmd__help__subcmd__model,list)
+                cmd="aigate__subcmd__help__subcmd__model__subcmd__list"
+                ;;
+            aigate__subcmd__help__subcmd__model,pin)
+                cmd="aigate__subcmd__help__subcmd__model__subcmd__pin"
+                ;;
+            aigate__subcmd__help__subcmd__model,unpin)
+                cmd="aigate__subcmd__help__subcmd__model__subcmd__unpin"
                 ;;
             aigate__subcmd__help__subcmd__tier,list)
                 cmd="aigate__subcmd__help__subcmd__tier__subcmd__list"
@@ -120,6 +156,42 @@ _aigate() {
                 ;;
             aigate__subcmd__help__subcmd__user,set-tier)
                 cmd="aigate__subcmd__help__subcmd__user__subcmd__set__subcmd__tier"
+                ;;
+            aigate__subcmd__host,add)
+                cmd="aigate__subcmd__host__subcmd__add"
+                ;;
+            aigate__subcmd__host,drain)
+                cmd="aigate__subcmd__host__subcmd__drain"
+                ;;
+            aigate__subcmd__host,help)
+                cmd="aigate__subcmd__host__subcmd__help"
+                ;;
+            aigate__subcmd__host,list)
+                cmd="aigate__subcmd__host__subcmd__list"
+                ;;
+            aigate__subcmd__host,remove)
+                cmd="aigate__subcmd__host__subcmd__remove"
+                ;;
+            aigate__subcmd__host,undrain)
+                cmd="aigate__subcmd__host__subcmd__undrain"
+                ;;
+            aigate__subcmd__host__subcmd__help,add)
+                cmd="aigate__subcmd__host__subcmd__help__subcmd__add"
+                ;;
+            aigate__subcmd__host__subcmd__help,drain)
+                cmd="aigate__subcmd__host__subcmd__help__subcmd__drain"
+                ;;
+            aigate__subcmd__host__subcmd__help,help)
+                cmd="aigate__subcmd__host__subcmd__help__subcmd__help"
+                ;;
+            aigate__subcmd__host__subcmd__help,list)
+                cmd="aigate__subcmd__host__subcmd__help__subcmd__list"
+                ;;
+            aigate__subcmd__host__subcmd__help,remove)
+                cmd="aigate__subcmd__host__subcmd__help__subcmd__remove"
+                ;;
+            aigate__subcmd__host__subcmd__help,undrain)
+                cmd="aigate__subcmd__host__subcmd__help__subcmd__undrain"
                 ;;
             aigate__subcmd__key,create)
                 cmd="aigate__subcmd__key__subcmd__create"
@@ -162,6 +234,30 @@ _aigate() {
                 ;;
             aigate__subcmd__key__subcmd__help,show)
                 cmd="aigate__subcmd__key__subcmd__help__subcmd__show"
+                ;;
+            aigate__subcmd__model,help)
+                cmd="aigate__subcmd__model__subcmd__help"
+                ;;
+            aigate__subcmd__model,list)
+                cmd="aigate__subcmd__model__subcmd__list"
+                ;;
+            aigate__subcmd__model,pin)
+                cmd="aigate__subcmd__model__subcmd__pin"
+                ;;
+            aigate__subcmd__model,unpin)
+                cmd="aigate__subcmd__model__subcmd__unpin"
+                ;;
+            aigate__subcmd__model__subcmd__help,help)
+                cmd="aigate__subcmd__model__subcmd__help__subcmd__help"
+                ;;
+            aigate__subcmd__model__subcmd__help,list)
+                cmd="aigate__subcmd__model__subcmd__help__subcmd__list"
+                ;;
+            aigate__subcmd__model__subcmd__help,pin)
+                cmd="aigate__subcmd__model__subcmd__help__subcmd__pin"
+                ;;
+            aigate__subcmd__model__subcmd__help,unpin)
+                cmd="aigate__subcmd__model__subcmd__help__subcmd__unpin"
                 ;;
             aigate__subcmd__tier,help)
                 cmd="aigate__subcmd__tier__subcmd__help"
@@ -236,7 +332,7 @@ _aigate() {
 
     case "${cmd}" in
         aigate)
-            opts="-h -V --db --help --version init key user tier usage audit status serve completions help"
+            opts="-h -V --db --help --version init key user tier host model usage audit status serve completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -298,7 +394,7 @@ _aigate() {
             return 0
             ;;
         aigate__subcmd__help)
-            opts="init key user tier usage audit status serve completions help"
+            opts="init key user tier host model usage audit status serve completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -342,6 +438,90 @@ _aigate() {
         aigate__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__help__subcmd__host)
+            opts="add list drain undrain remove"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__help__subcmd__host__subcmd__add)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__help__subcmd__host__subcmd__drain)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__help__subcmd__host__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__help__subcmd__host__subcmd__remove)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__help__subcmd__host__subcmd__undrain)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -452,6 +632,62 @@ _aigate() {
             return 0
             ;;
         aigate__subcmd__help__subcmd__key__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__help__subcmd__model)
+            opts="pin unpin list"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__help__subcmd__model__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__help__subcmd__model__subcmd__pin)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__help__subcmd__model__subcmd__unpin)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -654,6 +890,224 @@ _aigate() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__host)
+            opts="-h -V --db --help --version add list drain undrain remove help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__host__subcmd__add)
+            opts="-h -V --name --kind --slots --db --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kind)
+                    COMPREPLY=($(compgen -W "ollama openai" -- "${cur}"))
+                    return 0
+                    ;;
+                --slots)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__host__subcmd__drain)
+            opts="-h -V --db --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__host__subcmd__help)
+            opts="add list drain undrain remove help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__host__subcmd__help__subcmd__add)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__host__subcmd__help__subcmd__drain)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__host__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__host__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__host__subcmd__help__subcmd__remove)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__host__subcmd__help__subcmd__undrain)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__host__subcmd__list)
+            opts="-h -V --json --db --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__host__subcmd__remove)
+            opts="-y -h -V --yes --db --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__host__subcmd__undrain)
+            opts="-h -V --db --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -961,6 +1415,156 @@ _aigate() {
             ;;
         aigate__subcmd__key__subcmd__show)
             opts="-h -V --json --db --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__model)
+            opts="-h -V --db --help --version pin unpin list help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__model__subcmd__help)
+            opts="pin unpin list help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__model__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__model__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__model__subcmd__help__subcmd__pin)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__model__subcmd__help__subcmd__unpin)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__model__subcmd__list)
+            opts="-h -V --json --db --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__model__subcmd__pin)
+            opts="-h -V --num-ctx --keep-alive --db --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --num-ctx)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-alive)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__model__subcmd__unpin)
+            opts="-h -V --db --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+use crate::store::hosts::MAX_SLOTS;
+use crate::store::model_pins::{KeepAlive, MAX_NUM_CTX, parse_keep_alive};
 use crate::store::tiers::Change;
 use crate::units::{parse_duration, parse_size};
 
@@ -152,6 +154,12 @@ pub enum Command {
     /// List tiers and set their limits
     #[command(subcommand)]
     Tier(TierCommand),
+    /// Add, list, drain and remove the model servers behind the gate
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Pin per-model options (num_ctx, keep_alive) that clients may not change
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Requests and tokens by key, user or model
     Usage(UsageArgs),
     /// Authentication failures and admin actions; prune old ones
@@ -407,6 +415,109 @@ pub struct AuditArgs {
     /// Do not ask before pruning
     #[arg(long, short, requires = "prune_older_than")]
     pub yes: bool,
+}
+
+/// What a host speaks.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum HostKind {
+    /// Ollama (/api/tags, /api/ps)
+    Ollama,
+    /// An OpenAI-compatible server: llama.cpp's server, vLLM, LM Studio (/v1/models)
+    Openai,
+}
+
+/// `aigate host …`
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Add a model server; a running serve uses it within a second
+    ///
+    /// The name and the URL must both be new. The port must be given: Ollama listens on
+    /// 11434, llama.cpp's server on 8080, vLLM on 8000, LM Studio on 1234.
+    Add {
+        /// The server: http://HOST:PORT, or HOST:PORT (Ollama listens on 11434)
+        url: String,
+        /// The name to refer to it by [default: HOST:PORT of the URL]
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// What the server speaks
+        #[arg(long, value_enum, default_value = "ollama")]
+        kind: HostKind,
+        /// Requests it generates at once (Ollama's OLLAMA_NUM_PARALLEL)
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 1,
+            value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SLOTS))
+        )]
+        slots: u32,
+    },
+    /// List hosts and the state a running serve last saw
+    ///
+    /// STATE is up or down as a running serve last saw it, draining after `host drain`,
+    /// or unknown when no serve has written about the host for 10 s (then LOADED and IN
+    /// FLIGHT are not known either).
+    List(JsonArg),
+    /// Send a host no new requests; those in flight finish
+    Drain {
+        /// The host's name
+        name: String,
+    },
+    /// Send a drained host requests again
+    Undrain {
+        /// The host's name
+        name: String,
+    },
+    /// Remove a host; a running serve stops using it within a second
+    Remove {
+        /// The host's name
+        name: String,
+        /// Do not ask for confirmation
+        #[arg(long, short)]
+        yes: bool,
+    },
+}
+
+/// `aigate model …`
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Pin a model's options, so that clients cannot make a host reload it
+    ///
+    /// A client asking for another num_ctx or keep_alive makes Ollama reload the model;
+    /// pinned, the gate sends the pinned value whatever the client asked. Options not
+    /// given keep their pin; `model unpin` removes them all.
+    #[command(group(
+        clap::ArgGroup::new("options")
+            .args(["num_ctx", "keep_alive"])
+            .required(true)
+            .multiple(true)
+    ))]
+    Pin {
+        /// The model (llama3.2 means llama3.2:latest)
+        model: String,
+        /// Context length, in tokens
+        #[arg(
+            long,
+            value_name = "N",
+            value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_NUM_CTX))
+        )]
+        num_ctx: Option<u32>,
+        /// How long the model stays loaded after a request (30m, 24h; 0 unloads at once,
+        /// -1 or forever keeps it)
+        #[arg(
+            long,
+            value_name = "DUR",
+            allow_hyphen_values = true,
+            value_parser = parse_keep_alive
+        )]
+        keep_alive: Option<KeepAlive>,
+    },
+    /// Remove a model's pinned options; clients choose them again
+    Unpin {
+        /// The model (llama3.2 means llama3.2:latest)
+        model: String,
+    },
+    /// List pinned models and their options
+    List(JsonArg),
 }
 
 /// `aigate serve`. Every option also reads the `AIGATE_*` variable named in its help.

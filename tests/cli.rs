@@ -45,6 +45,9 @@ const STATUS_FIELDS: &[&str] = &[
     "usable_keys",
     "users",
     "tiers",
+    "hosts",
+    "draining_hosts",
+    "model_pins",
 ];
 const TIER_FIELDS: &[&str] = &[
     "name",
@@ -1650,6 +1653,9 @@ fn status_reports_version_path_schema_and_counts() {
             "usable_keys": 1,
             "users": 0,
             "tiers": 3,
+            "hosts": 0,
+            "draining_hosts": 0,
+            "model_pins": 0,
         })
     );
     let out = env.ok(&["status"]);
@@ -2014,4 +2020,439 @@ fn audit_prune_older_than_deletes_old_entries_and_records_itself() {
         env.run(args).usage_error();
     }
     assert_eq!(total(&env), 4);
+}
+
+// ---------------------------------------------------------------- hosts and model pins
+
+const HOST_FIELDS: &[&str] = &[
+    "name",
+    "url",
+    "kind",
+    "slots",
+    "state",
+    "draining",
+    "loaded_models",
+    "in_flight",
+    "seen_at",
+];
+const PIN_FIELDS: &[&str] = &["model", "num_ctx", "keep_alive"];
+
+/// The host called `name` in `host list --json`.
+#[track_caller]
+fn host<'a>(list: &'a Value, name: &str) -> &'a Value {
+    array(list)
+        .iter()
+        .find(|h| h["name"] == name)
+        .unwrap_or_else(|| panic!("no host {name} in {list}"))
+}
+
+/// The kinds of the audit rows of the last day, oldest first.
+fn audit_kinds(env: &Env) -> Vec<String> {
+    array(&env.json(&["audit", "--json"]))
+        .iter()
+        .map(|e| e["kind"].as_str().expect("kind").to_string())
+        .collect()
+}
+
+#[test]
+fn host_add_and_list_as_a_table_and_json() {
+    let env = Env::init();
+    assert_eq!(env.ok(&["host", "list"]).stdout.lines().count(), 1);
+    assert_eq!(env.json(&["host", "list", "--json"]), json!([]));
+
+    let out = env.ok(&["host", "add", "gpu1:11434"]);
+    assert!(out.stdout.is_empty(), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("added host gpu1:11434 (http://gpu1:11434, ollama, 1 slot)"),
+        "{out:#?}"
+    );
+    env.ok(&[
+        "host",
+        "add",
+        "HTTP://10.0.0.5:8080/",
+        "--name",
+        "llama-cpp",
+        "--kind",
+        "openai",
+        "--slots",
+        "4",
+    ]);
+    env.ok(&["host", "add", "http://[::1]:11434"]);
+
+    let list = env.json(&["host", "list", "--json"]);
+    assert_eq!(array(&list).len(), 3);
+    for h in array(&list) {
+        assert_fields(h, HOST_FIELDS);
+    }
+    // The order added; no gate has written, so nothing observed is known.
+    assert_eq!(
+        list[0],
+        json!({
+            "name": "gpu1:11434",
+            "url": "http://gpu1:11434",
+            "kind": "ollama",
+            "slots": 1,
+            "state": "unknown",
+            "draining": false,
+            "loaded_models": null,
+            "in_flight": null,
+            "seen_at": null,
+        })
+    );
+    let cpp = host(&list, "llama-cpp");
+    assert_eq!(cpp["url"], "http://10.0.0.5:8080");
+    assert_eq!(cpp["kind"], "openai");
+    assert_eq!(cpp["slots"], 4);
+    assert_eq!(host(&list, "[::1]:11434")["url"], "http://[::1]:11434");
+
+    let table = env.ok(&["host", "list"]).stdout;
+    let header = table.lines().next().expect("a header");
+    for column in [
+        "NAME",
+        "URL",
+        "KIND",
+        "SLOTS",
+        "STATE",
+        "LOADED",
+        "IN FLIGHT",
+        "SEEN",
+    ] {
+        assert!(header.contains(column), "{column} in {table}");
+    }
+    let row = table
+        .lines()
+        .find(|l| l.contains("llama-cpp"))
+        .expect("the llama-cpp row");
+    for cell in ["http://10.0.0.5:8080", "openai", "4", "unknown"] {
+        assert!(row.contains(cell), "{cell} in {row}");
+    }
+
+    let kinds = audit_kinds(&env);
+    assert_eq!(kinds, ["host_add", "host_add", "host_add"]);
+    assert_eq!(
+        last_detail(&env, "host_add"),
+        "host=[::1]:11434 url=http://[::1]:11434 kind=ollama slots=1 by=tester"
+    );
+}
+
+#[test]
+fn host_add_refuses_duplicates_and_bad_values_and_writes_nothing() {
+    let env = Env::init();
+    env.ok(&["host", "add", "gpu1:11434", "--name", "a"]);
+    let failures: &[(&[&str], &str)] = &[
+        (
+            &["host", "add", "gpu2:11434", "--name", "a"],
+            "\"a\" already exists",
+        ),
+        // The same URL spelled otherwise is the same host.
+        (
+            &["host", "add", "http://GPU1:11434/", "--name", "b"],
+            "already has the URL http://gpu1:11434",
+        ),
+        (&["host", "add", "https://gpu2:11434"], "only http://"),
+        (&["host", "add", "http://gpu2:11434/api"], "no path"),
+        (&["host", "add", "gpu2"], "no port"),
+        (&["host", "add", "gpu2:99999"], "port"),
+        (&["host", "add", "::1:11434"], "brackets"),
+        (
+            &["host", "add", "gpu2:11434", "--name", "has space"],
+            "bad host name",
+        ),
+    ];
+    for (args, needle) in failures {
+        let out = env.run(args).fails(needle);
+        assert!(out.stdout.is_empty(), "{args:?}: {out:#?}");
+    }
+    for args in [
+        &["host", "add", "gpu2:11434", "--kind", "vllm"][..],
+        &["host", "add", "gpu2:11434", "--slots", "0"],
+        &["host", "add", "gpu2:11434", "--slots", "1025"],
+        &["host", "add", "gpu2:11434", "--slots", "many"],
+        &["host", "add"],
+    ] {
+        env.run(args).usage_error();
+    }
+    let conn = env.conn();
+    assert_eq!(count(&conn, "SELECT count(*) FROM hosts"), 1);
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM audit WHERE kind = 'host_add'"),
+        1
+    );
+    env.ok(&["host", "add", "gpu2:11434", "--slots", "1024"]);
+}
+
+#[test]
+fn drain_and_undrain_show_in_the_list_and_are_audited_once() {
+    let env = Env::init();
+    env.ok(&["host", "add", "gpu1:11434", "--name", "gpu1"]);
+    env.ok(&["host", "add", "gpu2:11434", "--name", "gpu2"]);
+
+    let out = env.ok(&["host", "drain", "gpu1"]);
+    assert!(out.stderr.contains("draining host gpu1"), "{out:#?}");
+    let list = env.json(&["host", "list", "--json"]);
+    assert_eq!(host(&list, "gpu1")["state"], "draining");
+    assert_eq!(host(&list, "gpu1")["draining"], true);
+    assert_eq!(host(&list, "gpu2")["state"], "unknown");
+    assert_eq!(host(&list, "gpu2")["draining"], false);
+    let row = env.ok(&["host", "list"]).stdout;
+    assert!(
+        row.lines()
+            .any(|l| l.contains("gpu1") && l.contains("draining")),
+        "{row}"
+    );
+
+    // Again: not an error, and no second audit row.
+    let out = env.ok(&["host", "drain", "gpu1"]);
+    assert!(out.stderr.contains("already draining"), "{out:#?}");
+    env.ok(&["host", "undrain", "gpu1"]);
+    let out = env.ok(&["host", "undrain", "gpu1"]);
+    assert!(out.stderr.contains("was not draining"), "{out:#?}");
+    let list = env.json(&["host", "list", "--json"]);
+    assert_eq!(host(&list, "gpu1")["state"], "unknown");
+    assert_eq!(host(&list, "gpu1")["draining"], false);
+
+    assert_eq!(
+        audit_kinds(&env),
+        ["host_add", "host_add", "host_drain", "host_undrain"]
+    );
+    assert_eq!(last_detail(&env, "host_drain"), "host=gpu1 by=tester");
+}
+
+#[test]
+fn host_list_shows_what_a_gate_wrote_until_it_is_stale() {
+    use aigate::store::hosts::{self, Health};
+    use aigate::store::{OpenMode, Store};
+    let env = Env::init();
+    env.ok(&[
+        "host",
+        "add",
+        "gpu1:11434",
+        "--name",
+        "gpu1",
+        "--slots",
+        "2",
+    ]);
+    env.ok(&["host", "add", "gpu2:11434", "--name", "gpu2"]);
+    let mut store = Store::open(&env.db, OpenMode::Existing).expect("open");
+    let t = now();
+    let loaded = ["llama3.2:latest".to_string(), "qwen2.5:7b".to_string()];
+    store
+        .write(|tx| {
+            hosts::report(tx, "gpu1", Health::Up, &loaded, 2, t)?;
+            hosts::report(tx, "gpu2", Health::Down, &[], 0, t - 60)
+        })
+        .expect("the gate's write-back");
+
+    let list = env.json(&["host", "list", "--json"]);
+    let gpu1 = host(&list, "gpu1");
+    assert_eq!(gpu1["state"], "up");
+    assert_eq!(
+        gpu1["loaded_models"],
+        json!(["llama3.2:latest", "qwen2.5:7b"])
+    );
+    assert_eq!(gpu1["in_flight"], 2);
+    assert_near(secs(&gpu1["seen_at"]), t);
+    // Written a minute ago: no gate is watching it now.
+    let gpu2 = host(&list, "gpu2");
+    assert_eq!(gpu2["state"], "unknown");
+    assert_eq!(gpu2["loaded_models"], Value::Null);
+    assert_eq!(gpu2["in_flight"], Value::Null);
+    assert_near(secs(&gpu2["seen_at"]), t - 60);
+
+    let table = env.ok(&["host", "list"]).stdout;
+    let row = table.lines().find(|l| l.contains("gpu1")).expect("gpu1");
+    for cell in ["up", "llama3.2:latest,qwen2.5:7b", " 2 "] {
+        assert!(row.contains(cell), "{cell:?} in {row}");
+    }
+
+    store
+        .write(|tx| hosts::report(tx, "gpu2", Health::Down, &[], 0, t))
+        .expect("report");
+    assert_eq!(
+        host(&env.json(&["host", "list", "--json"]), "gpu2")["state"],
+        "down"
+    );
+    // The gate's observations are not admin actions.
+    assert_eq!(audit_kinds(&env), ["host_add", "host_add"]);
+
+    // Model names come from the hosts, which may say anything.
+    store
+        .write(|tx| hosts::report(tx, "gpu1", Health::Up, &[HOSTILE.to_string()], 0, t))
+        .expect("report");
+    for args in [&["host", "list"][..], &["host", "list", "--json"]] {
+        let out = env.ok(args);
+        assert_terminal_safe(&out.stdout);
+    }
+    assert!(env.ok(&["host", "list"]).stdout.contains(HOSTILE_SHOWN));
+}
+
+#[test]
+fn host_remove_needs_yes_without_a_terminal() {
+    let env = Env::init();
+    env.ok(&["host", "add", "gpu1:11434", "--name", "gpu1"]);
+    // Even with an answer waiting on stdin, nothing reads it.
+    let out = env
+        .run_stdin(&["host", "remove", "gpu1"], "y\n")
+        .fails("--yes");
+    assert!(out.stderr.contains("gpu1"), "{out:#?}");
+    assert_eq!(array(&env.json(&["host", "list", "--json"])).len(), 1);
+
+    let out = env.ok(&["host", "remove", "gpu1", "--yes"]);
+    assert!(
+        out.stderr.contains("removed host gpu1 (http://gpu1:11434)"),
+        "{out:#?}"
+    );
+    assert_eq!(env.json(&["host", "list", "--json"]), json!([]));
+    assert_eq!(audit_kinds(&env), ["host_add", "host_remove"]);
+    assert_eq!(
+        last_detail(&env, "host_remove"),
+        "host=gpu1 url=http://gpu1:11434 by=tester"
+    );
+    // The name and the URL are free again.
+    env.ok(&["host", "add", "gpu1:11434", "--name", "gpu1"]);
+}
+
+#[test]
+fn unknown_hosts_and_pins_fail_naming_them() {
+    let env = Env::init();
+    env.ok(&["host", "add", "gpu1:11434", "--name", "gpu1"]);
+    let cases: &[(&[&str], &str)] = &[
+        (&["host", "drain", "ghost"], "no host named \"ghost\""),
+        (&["host", "undrain", "ghost"], "no host named \"ghost\""),
+        (&["host", "remove", "ghost"], "no host named \"ghost\""),
+        (
+            &["host", "remove", "ghost", "--yes"],
+            "no host named \"ghost\"",
+        ),
+        (&["model", "unpin", "ghost"], "\"ghost:latest\""),
+        (&["model", "unpin", "ghost:7b"], "\"ghost:7b\""),
+    ];
+    for (args, needle) in cases {
+        let out = env.run_stdin(args, "y\n").fails(needle);
+        assert!(out.stdout.is_empty(), "{args:?}: {out:#?}");
+    }
+    assert_eq!(array(&env.json(&["host", "list", "--json"])).len(), 1);
+    assert_eq!(audit_kinds(&env), ["host_add"]);
+}
+
+#[test]
+fn host_and_model_commands_refuse_a_missing_database() {
+    let env = Env::new();
+    let db = env.path("missing/aigate.db");
+    for args in [
+        &["host", "add", "gpu1:11434"][..],
+        &["host", "list", "--json"],
+        &["host", "drain", "gpu1"],
+        &["host", "undrain", "gpu1"],
+        &["host", "remove", "gpu1", "--yes"],
+        &["model", "pin", "llama3.2", "--num-ctx", "8192"],
+        &["model", "unpin", "llama3.2"],
+        &["model", "list"],
+    ] {
+        let mut c = bin();
+        c.arg("--db").arg(&db).args(args);
+        run(c).fails(&db.display().to_string());
+        assert!(!env.path("missing").exists(), "{args:?} created it");
+    }
+}
+
+#[test]
+fn model_pins_are_normalized_merged_listed_and_audited() {
+    let env = Env::init();
+    assert_eq!(env.ok(&["model", "list"]).stdout.trim(), "no pinned models");
+    assert_eq!(env.json(&["model", "list", "--json"]), json!([]));
+
+    let out = env.ok(&["model", "pin", "llama3.2", "--num-ctx", "8192"]);
+    assert!(
+        out.stderr.contains("pinned llama3.2:latest (num_ctx 8192)"),
+        "{out:#?}"
+    );
+    // The same model in another spelling: the options given change, the others stay.
+    let out = env.ok(&["model", "pin", "LLAMA3.2:latest", "--keep-alive", "30m"]);
+    assert!(
+        out.stderr
+            .contains("pinned llama3.2:latest (num_ctx 8192, keep_alive 30m)"),
+        "{out:#?}"
+    );
+    env.ok(&["model", "pin", "qwen2.5:7b", "--keep-alive", "-1"]);
+    env.ok(&[
+        "model",
+        "pin",
+        "hf.co/me/tiny",
+        "--keep-alive=0",
+        "--num-ctx",
+        "2048",
+    ]);
+
+    let list = env.json(&["model", "list", "--json"]);
+    for p in array(&list) {
+        assert_fields(p, PIN_FIELDS);
+    }
+    assert_eq!(
+        list,
+        json!([
+            {"model": "hf.co/me/tiny:latest", "num_ctx": 2048, "keep_alive": "0"},
+            {"model": "llama3.2:latest", "num_ctx": 8192, "keep_alive": "30m"},
+            {"model": "qwen2.5:7b", "num_ctx": null, "keep_alive": "-1"},
+        ])
+    );
+    let table = env.ok(&["model", "list"]).stdout;
+    assert!(table.lines().next().expect("header").contains("KEEP_ALIVE"));
+    let row = table
+        .lines()
+        .find(|l| l.contains("qwen2.5:7b"))
+        .expect("qwen");
+    assert!(row.contains(" - ") && row.contains("-1"), "{row}");
+    assert_eq!(count(&env.conn(), "SELECT count(*) FROM model_pins"), 3);
+
+    // What clap refuses, and what the store refuses.
+    for args in [
+        &["model", "pin", "llama3.2"][..],
+        &["model", "pin", "llama3.2", "--num-ctx", "0"],
+        &["model", "pin", "llama3.2", "--num-ctx", "lots"],
+        &["model", "pin", "llama3.2", "--keep-alive", "soon"],
+        &["model", "pin", "llama3.2", "--keep-alive", "-5m"],
+        &["model", "pin", "--num-ctx", "1"],
+    ] {
+        env.run(args).usage_error();
+    }
+    env.run(&["model", "pin", "llama3.2:", "--num-ctx", "1"])
+        .fails("bad model name");
+    env.run(&["model", "pin", "bad name", "--num-ctx", "1"])
+        .fails("bad model name");
+
+    let out = env.ok(&["model", "unpin", "llama3.2"]);
+    assert!(out.stderr.contains("unpinned llama3.2:latest"), "{out:#?}");
+    assert_eq!(array(&env.json(&["model", "list", "--json"])).len(), 2);
+
+    assert_eq!(
+        audit_kinds(&env),
+        [
+            "model_pin",
+            "model_pin",
+            "model_pin",
+            "model_pin",
+            "model_unpin"
+        ]
+    );
+    assert_eq!(
+        last_detail(&env, "model_unpin"),
+        "model=llama3.2:latest num_ctx=8192 keep_alive=30m by=tester"
+    );
+}
+
+#[test]
+fn status_counts_hosts_and_pins() {
+    let env = Env::init();
+    env.ok(&["host", "add", "gpu1:11434", "--name", "gpu1"]);
+    env.ok(&["host", "add", "gpu2:11434", "--name", "gpu2"]);
+    env.ok(&["host", "drain", "gpu2"]);
+    env.ok(&["model", "pin", "llama3.2", "--num-ctx", "8192"]);
+    let v = env.json(&["status", "--json"]);
+    assert_eq!(v["hosts"], 2);
+    assert_eq!(v["draining_hosts"], 1);
+    assert_eq!(v["model_pins"], 1);
+    let out = env.ok(&["status"]).stdout;
+    assert!(out.contains("2 (1 draining)"), "{out}");
 }

@@ -2,7 +2,9 @@
 //! against the database. What they print goes through [`crate::output`].
 
 mod audit;
+mod host;
 mod key;
+mod model;
 mod serve;
 mod status;
 mod tier;
@@ -23,6 +25,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(c) => key::run(&db, c),
         Command::User(c) => user::run(&db, c),
         Command::Tier(c) => tier::run(&db, c),
+        Command::Host(c) => host::run(&db, c),
+        Command::Model(c) => model::run(&db, c),
         Command::Usage(a) => usage::run(&db, a),
         Command::Audit(a) => audit::run(&db, a),
         Command::Status(a) => status::run(&db, a.json),

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::open;
 use crate::output;
-use crate::store::{OpenMode, keys, tiers, users};
+use crate::store::{OpenMode, hosts, keys, model_pins, tiers, users};
 
 #[derive(Serialize)]
 struct Status {
@@ -17,12 +17,16 @@ struct Status {
     usable_keys: i64,
     users: i64,
     tiers: usize,
+    hosts: i64,
+    draining_hosts: i64,
+    model_pins: i64,
 }
 
 /// Runs `aigate status`.
 pub fn run(db: &Path, json: bool) -> anyhow::Result<()> {
     let store = open(db, OpenMode::Existing)?;
     let (keys, usable_keys) = keys::counts(store.conn())?;
+    let (hosts, draining_hosts) = hosts::counts(store.conn())?;
     let s = Status {
         version: env!("CARGO_PKG_VERSION"),
         db_path: db.display().to_string(),
@@ -31,6 +35,9 @@ pub fn run(db: &Path, json: bool) -> anyhow::Result<()> {
         usable_keys,
         users: users::count(store.conn())?,
         tiers: tiers::list(store.conn())?.len(),
+        hosts,
+        draining_hosts,
+        model_pins: model_pins::count(store.conn())?,
     };
     if json {
         return output::print_json(&s);
@@ -43,6 +50,11 @@ pub fn run(db: &Path, json: bool) -> anyhow::Result<()> {
             ("keys", format!("{} ({} usable)", s.keys, s.usable_keys)),
             ("users", s.users.to_string()),
             ("tiers", s.tiers.to_string()),
+            (
+                "hosts",
+                format!("{} ({} draining)", s.hosts, s.draining_hosts),
+            ),
+            ("pinned models", s.model_pins.to_string()),
         ],
     )
 }

@@ -2,7 +2,9 @@
 //! foreign keys) and how `schema.sql` migrates it. One file per table family beside this.
 
 pub mod audit;
+pub mod hosts;
 pub mod keys;
+pub mod model_pins;
 pub mod tiers;
 pub mod usage;
 pub mod users;
