@@ -3,23 +3,46 @@
 
 use bytes::Bytes;
 
+use super::body::Set;
+
+/// Which API a generation route speaks, if `path` is one the cap applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `/api/generate`, `/api/chat`: `options.num_predict`.
+    Ollama,
+    /// `/v1/chat/completions`, `/v1/completions`: `max_tokens`.
+    OpenAi,
+}
+
+impl Api {
+    /// The generation API of `path`, if it is a generation route.
+    pub fn of_path(path: &str) -> Option<Api> {
+        match path {
+            "/api/generate" | "/api/chat" => Some(Api::Ollama),
+            "/v1/chat/completions" | "/v1/completions" => Some(Api::OpenAi),
+            _ => None,
+        }
+    }
+}
+
 /// The request's generation capped at `remaining` tokens, so that one request cannot
 /// overrun the caller's daily budget by more than its prompt: Ollama's
 /// `options.num_predict` on `/api/generate` and `/api/chat`, OpenAI's `max_tokens` (and
 /// `max_completion_tokens` when given) on `/v1/chat/completions` and `/v1/completions`.
 /// A smaller limit the client set is kept. Keys are matched regardless of case and their
-/// other spellings dropped, as Go's decoder would take any of them. `None`: the body
-/// needs no change (another route, not a JSON object, already within the cap).
-pub fn generation(body: &[u8], path: &str, remaining: u64) -> Option<Bytes> {
+/// other spellings dropped, as Go's decoder would take any of them. `set` is what
+/// [`super::body::fields_of`] found in `body`, which it read as one JSON object.
+/// `None`: the body needs no change (not a JSON object, already within the cap).
+pub fn generation(body: &[u8], api: Api, set: Set, remaining: u64) -> Option<Bytes> {
     use serde_json::value::RawValue;
     use serde_json::{Map, Value};
     use std::collections::BTreeMap;
-    let ollama = matches!(path, "/api/generate" | "/api/chat");
-    let openai = matches!(path, "/v1/chat/completions" | "/v1/completions");
-    if !ollama && !openai {
-        return None;
-    }
-    if let Some(appended) = appended(body, ollama, remaining) {
+    let ollama = api == Api::Ollama;
+    let sets_limit = match api {
+        Api::Ollama => set.options,
+        Api::OpenAi => set.max_tokens || set.max_completion_tokens,
+    };
+    if !sets_limit && let Some(appended) = appended(body, ollama, remaining) {
         return Some(appended);
     }
     // Only the top level is parsed; every value stays the text it came as (the
@@ -106,38 +129,25 @@ pub fn generation(body: &[u8], path: &str, remaining: u64) -> Option<Bytes> {
 }
 
 /// The cap for a body that sets no limit of its own, written without parsing: the field
-/// appended before the object's closing brace. `None` (so the body is parsed) when any
-/// spelling of a limit or of `options` appears, or any escape that could spell one, or
-/// the body does not end its object. The caller has already read the body as one JSON
-/// object (`models_of`).
+/// appended before the object's closing brace. `None` when the body does not end its
+/// object.
 fn appended(body: &[u8], ollama: bool, remaining: u64) -> Option<Bytes> {
-    let mentions = |word: &[u8]| {
-        body.windows(word.len())
-            .any(|w| w.eq_ignore_ascii_case(word))
-    };
-    let words: &[&[u8]] = if ollama {
-        &[b"options", b"num_predict"]
-    } else {
-        &[b"max_tokens", b"max_completion_tokens"]
-    };
-    if memchr::memchr(b'\\', body).is_some() || words.iter().any(|w| mentions(w)) {
-        return None;
-    }
-    let end = body.trim_ascii_end();
-    let inner = end.strip_suffix(b"}")?.trim_ascii_end();
+    let inner = body.trim_ascii_end().strip_suffix(b"}")?.trim_ascii_end();
     let empty = inner.trim_ascii_start() == b"{";
     let cap = remaining.min(i64::MAX as u64);
-    let field = if ollama {
-        format!("\"options\":{{\"num_predict\":{cap}}}}}")
-    } else {
-        format!("\"max_tokens\":{cap}}}")
-    };
-    let mut out = Vec::with_capacity(inner.len() + field.len() + 1);
+    let mut out = Vec::with_capacity(inner.len() + 40);
     out.extend_from_slice(inner);
     if !empty {
         out.push(b',');
     }
-    out.extend_from_slice(field.as_bytes());
+    let field: &[u8] = if ollama {
+        br#""options":{"num_predict":"#
+    } else {
+        br#""max_tokens":"#
+    };
+    out.extend_from_slice(field);
+    out.extend_from_slice(itoa::Buffer::new().format(cap).as_bytes());
+    out.extend_from_slice(if ollama { b"}}" } else { b"}" });
     Some(Bytes::from(out))
 }
 
@@ -147,9 +157,12 @@ mod tests {
 
     #[test]
     fn generation_is_capped_to_the_budget() {
+        let edited = |b: &str, path: &str| {
+            let set = crate::gate::body::fields_of(b.as_bytes()).ok()?.set;
+            generation(b.as_bytes(), Api::of_path(path)?, set, 100)
+        };
         let cap = |b: &str, path: &str| {
-            generation(b.as_bytes(), path, 100)
-                .map(|b| serde_json::from_slice::<serde_json::Value>(&b).expect("json"))
+            edited(b, path).map(|b| serde_json::from_slice::<serde_json::Value>(&b).expect("json"))
         };
         let v = cap(
             r#"{"model":"m","options":{"num_predict":5000,"temperature":1}}"#,
@@ -192,7 +205,7 @@ mod tests {
         assert_eq!(cap(r#"{"model":"m"}"#, "/api/embed"), None);
         assert_eq!(cap("[1]", "/api/chat"), None);
         // The common case is appended, not parsed: the same document.
-        let raw = |b: &str, path: &str| generation(b.as_bytes(), path, 100).expect("capped");
+        let raw = |b: &str, path: &str| edited(b, path).expect("capped");
         assert_eq!(
             &raw(r#"{"model":"m","prompt":"hi"} "#, "/api/generate")[..],
             br#"{"model":"m","prompt":"hi","options":{"num_predict":100}}"#
@@ -205,7 +218,7 @@ mod tests {
             &raw(r#"{"model":"m","messages":[]}"#, "/v1/chat/completions")[..],
             br#"{"model":"m","messages":[],"max_tokens":100}"#
         );
-        // An escape that could spell a key goes the long way.
+        // A key spelled with an escape is found all the same.
         let v = cap(r#"{"model":"m","m\u0061x_tokens":9000}"#, "/v1/completions").expect("capped");
         assert_eq!(v["max_tokens"], 100);
     }

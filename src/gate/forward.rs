@@ -58,23 +58,27 @@ pub async fn forward(
     let (up_body, model) = if must_read {
         let bytes = body::read(incoming, max, state.config.body_timeout).await?;
         request_bytes = bytes.len() as u64;
-        let models = body::models_of(&bytes);
+        let fields = body::fields_of(&bytes);
         // With an allow-list, a body must be one the gate can read the model of: a
-        // multipart or form body (whose `model` field Ollama reads too) is refused.
+        // multipart or form body (whose `model` field Ollama reads too) is refused. So
+        // must a generation body under a token quota, whose cap the gate writes: Go's
+        // decoder reads a first object and ignores what follows, serde does not.
         let start = bytes.trim_ascii_start();
         let opaque = !start.is_empty() && !start.starts_with(b"{");
-        if filter.is_some() && (models.is_err() || opaque) {
+        let api = cap::Api::of_path(parts.uri.path());
+        let strict = filter.is_some() || (quota.is_some() && api.is_some());
+        if strict && (fields.is_err() || opaque) {
             return Err(GateError::NotJson);
         }
-        let mut models = models.unwrap_or_default();
+        let body::Fields { mut models, set } = fields.unwrap_or_default();
         authz::check_models(state, principal, &models)?;
         let mut bytes = bytes;
-        if let Some(limit) = quota {
+        if let (Some(limit), Some(api)) = (quota, api) {
             let used = principal
                 .state
                 .tokens_on(crate::store::now().div_euclid(DAY));
             let remaining = limit.saturating_sub(used).max(1);
-            if let Some(capped) = cap::generation(&bytes, parts.uri.path(), remaining) {
+            if let Some(capped) = cap::generation(&bytes, api, set, remaining) {
                 parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(capped.len()));
