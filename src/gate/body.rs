@@ -285,7 +285,10 @@ mod tests {
     #[test]
     fn rewritable_keys_are_found_by_any_spelling() {
         let set = |b: &str| fields_of(b.as_bytes()).expect("json").set;
-        assert_eq!(set(r#"{"model":"m","messages":[{"options":1}]}"#), Set::default());
+        assert_eq!(
+            set(r#"{"model":"m","messages":[{"options":1}]}"#),
+            Set::default()
+        );
         let s = set(r#"{"OPTIONS":{},"keep_alive":"5m","max_tok\u0065ns":3}"#);
         assert!(s.options && s.keep_alive && s.max_tokens && !s.max_completion_tokens);
         assert!(set(r#"{"Max_Completion_Tokens":null}"#).max_completion_tokens);
