@@ -130,10 +130,13 @@ pub async fn forward(
     let management = named.is_some();
     let hosts = match named {
         Some(host) => vec![host],
+        // One host serves the route: it answers for itself (an unknown model too), as
+        // long as it is up and not drained.
         None if !several => fleet
             .hosts
             .iter()
             .filter(|h| h.serves(parts.uri.path()))
+            .filter(|h| h.usable() && !h.draining())
             .cloned()
             .collect(),
         None => {
@@ -148,7 +151,12 @@ pub async fn forward(
         }
     };
     if hosts.is_empty() {
-        return Err(no_host(NoHost::NoRoute, None));
+        let e = if serving == 0 {
+            NoHost::NoRoute
+        } else {
+            NoHost::AllDown
+        };
+        return Err(no_host(e, None));
     }
     let peer_trusted = state
         .config
