@@ -128,36 +128,31 @@ pub async fn forward(
         return merged_models(state, &fleet, &parts, admitted).await;
     }
     let management = named.is_some();
-    let hosts = match named {
-        Some(host) => vec![host],
+    let chosen: Vec<Arc<Host>>;
+    let hosts: &[Arc<Host>] = match &named {
+        Some(host) => std::slice::from_ref(host),
         // One host serves the route: it answers for itself (an unknown model too), as
         // long as it is up and not drained.
-        None if !several => fleet
-            .hosts
-            .iter()
-            .filter(|h| h.serves(parts.uri.path()))
-            .filter(|h| h.usable() && !h.draining())
-            .cloned()
-            .collect(),
+        None if !several => {
+            let one = fleet.hosts.iter().find(|h| h.serves(parts.uri.path()));
+            match one {
+                Some(h) if h.usable() && !h.draining() => std::slice::from_ref(h),
+                Some(_) => return Err(no_host(NoHost::AllDown, None)),
+                None => return Err(no_host(NoHost::NoRoute, None)),
+            }
+        }
         None => {
             let key = model.as_deref().map(model_key);
-            choose(
+            chosen = choose(
                 &fleet.hosts,
                 parts.uri.path(),
                 key.as_deref(),
                 state.fleet.turn(),
             )
-            .map_err(|e| no_host(e, model.as_deref()))?
+            .map_err(|e| no_host(e, model.as_deref()))?;
+            &chosen
         }
     };
-    if hosts.is_empty() {
-        let e = if serving == 0 {
-            NoHost::NoRoute
-        } else {
-            NoHost::AllDown
-        };
-        return Err(no_host(e, None));
-    }
     let peer_trusted = state
         .config
         .trusted_proxies
@@ -176,9 +171,10 @@ pub async fn forward(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     // Failover: a request whose body can be sent again goes to the next host when this
     // one failed before any byte went back. Management requests are never retried.
-    let mut tries = hosts.iter().peekable();
+    let mut tries = hosts.iter().enumerate().peekable();
+    let (mut method, mut target) = (Some(method), Some(target));
     let (resp, lease, slot) = loop {
-        let Some(host) = tries.next() else {
+        let Some((n, host)) = tries.next() else {
             return Err(GateError::HostsDown);
         };
         let again = whole.is_some() && !management && tries.peek().is_some();
@@ -188,15 +184,20 @@ pub async fn forward(
             (None, None) => return Err(GateError::HostsDown),
         };
         let mut req = Request::new(body);
-        *req.method_mut() = method.clone();
-        *req.uri_mut() = Uri::from(target.clone());
+        // The last try takes what the others copy.
+        *req.method_mut() = copy_or_take(&mut method, again).unwrap_or_default();
+        *req.uri_mut() = Uri::from(
+            copy_or_take(&mut target, again).unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
         *req.headers_mut() = if again {
             headers.clone()
         } else {
             std::mem::take(&mut headers)
         };
-        req.headers_mut()
-            .insert(header::HOST, host.upstream.host.clone());
+        if n > 0 {
+            req.headers_mut()
+                .insert(header::HOST, host.upstream.host.clone());
+        }
         let slot = host.take_slot();
         let idle = host.idle(state.worker);
         match state
@@ -244,6 +245,11 @@ pub async fn forward(
     }
     let body = Tapped::new(upstream_body, scan, framing, lease, accounting);
     Ok(Response::from_parts(head, body.boxed()))
+}
+
+/// A copy of `v` when it is needed again, else `v` itself.
+fn copy_or_take<T: Clone>(v: &mut Option<T>, again: bool) -> Option<T> {
+    if again { v.clone() } else { v.take() }
 }
 
 /// The host a management request names in `X-Aigate-Host`: required when there are

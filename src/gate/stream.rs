@@ -97,11 +97,12 @@ pub enum Framing {
 impl Framing {
     /// The framing of a response with these headers, if it is a stream of records.
     pub fn of(headers: &hyper::HeaderMap) -> Option<Framing> {
-        let ct = headers.get(hyper::header::CONTENT_TYPE)?.to_str().ok()?;
-        let ct = ct.split(';').next().unwrap_or_default().trim();
-        if ct.eq_ignore_ascii_case("application/x-ndjson") {
+        let ct = headers.get(hyper::header::CONTENT_TYPE)?.as_bytes();
+        let end = memchr::memchr(b';', ct).unwrap_or(ct.len());
+        let ct = ct[..end].trim_ascii();
+        if ct.eq_ignore_ascii_case(b"application/x-ndjson") {
             Some(Framing::Ndjson)
-        } else if ct.eq_ignore_ascii_case("text/event-stream") {
+        } else if ct.eq_ignore_ascii_case(b"text/event-stream") {
             Some(Framing::Sse)
         } else {
             None

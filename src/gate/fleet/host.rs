@@ -215,6 +215,10 @@ impl Host {
 
     /// A probe or connection succeeded. Returns whether the host was down before.
     pub fn succeeded(&self) -> bool {
+        // The common case, every request: nothing to change.
+        if self.health.load(Ordering::Relaxed) == UP && self.failures.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
         self.failures.store(0, Ordering::Relaxed);
         self.metrics.up.set(1);
         self.health.swap(UP, Ordering::AcqRel) == DOWN
