@@ -209,7 +209,6 @@ impl Host {
     pub fn take_slot(self: &Arc<Self>) -> Slot {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.metrics.in_flight.inc();
-        self.metrics.requests.inc();
         Slot(self.clone())
     }
 

@@ -81,14 +81,19 @@ async fn probe(pool: &Pool, metrics: &Metrics, host: &Host, limit: Duration) -> 
 }
 
 /// Records one probe's outcome on `host`, logging a change of health. A host that
-/// answers HTTP at all is up, even when its model list cannot be read (which then
-/// stays as it was).
+/// answers HTTP without a server error is up, even when its model list cannot be read
+/// (which then stays as it was).
 pub fn observe(host: &Host, result: Result<Models, ProbeError>) {
     let failure = match result {
         Ok(found) => {
             let loads = host.set_models(found);
             host.metrics.loads.inc_by(loads);
             None
+        }
+        // A server error (a proxy in front of a dead Ollama, say) is a failure; any
+        // other answer means the host is there.
+        Err(ProbeError::Status(path, status)) if status.is_server_error() => {
+            Some(ProbeError::Status(path, status))
         }
         Err(e @ (ProbeError::Status(..) | ProbeError::Unreadable(_))) => {
             tracing::debug!("host {}: {e}", host.name);
