@@ -1,7 +1,7 @@
 //! Choosing hosts for one request (SPEC §6): of the hosts that serve its route and are
 //! not drained or down, those that have its model; among them first one with the model
-//! loaded and a free slot, then the least busy relative to its slots. The answer is
-//! the order to try them in, for failover.
+//! loaded and a free slot, then one with it loaded and a short queue, then the least
+//! busy relative to its slots. The answer is the order to try them in, for failover.
 
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -63,16 +63,27 @@ pub fn choose(
     Ok(picked.into_iter().map(|(h, ..)| h.clone()).collect())
 }
 
-/// Loaded with a free slot first; then the least busy relative to its slots; then
-/// loaded before not; then the host with fewer models loaded (a load there evicts
+/// A host with the model loaded is still preferred while it has at most this many
+/// rounds of its slots in flight (one generating, one waiting in Ollama's queue): a
+/// wait of at most about one request, against a load of seconds to minutes that also
+/// evicts another model.
+pub const WARM_ROUNDS: u32 = 2;
+
+/// Loaded with a free slot first; then loaded with a short queue (below
+/// [`WARM_ROUNDS`] rounds of its slots); then the least busy relative to its slots;
+/// then loaded before not; then the host with fewer models loaded (a load there evicts
 /// less); then by turn.
 fn rank(a: &(&Arc<Host>, Has, usize), b: &(&Arc<Host>, Has, usize)) -> Ordering {
     let ready = |(h, has, _): &(&Arc<Host>, Has, usize)| *has == Has::Loaded && h.has_free_slot();
+    let warm = |(h, has, _): &(&Arc<Host>, Has, usize)| {
+        *has == Has::Loaded && h.in_flight() < WARM_ROUNDS.saturating_mul(h.slots)
+    };
     let (ha, hb) = (a.0, b.0);
     // in_flight / slots, compared without division.
     let busy = |x: &Host, y: &Host| u64::from(x.in_flight()) * u64::from(y.slots);
     ready(b)
         .cmp(&ready(a))
+        .then_with(|| warm(b).cmp(&warm(a)))
         .then_with(|| busy(ha, hb).cmp(&busy(hb, ha)))
         .then_with(|| (a.1 != Has::Loaded).cmp(&(b.1 != Has::Loaded)))
         .then_with(|| ha.loaded_count().cmp(&hb.loaded_count()))
@@ -123,10 +134,16 @@ mod tests {
             names(choose(&all, "/api/chat", Some(&m), 0)),
             ["b", "c", "a"]
         );
-        // b's slots are full: the least busy relative to its slots comes first.
+        // b's slots are full, but its queue is short: a wait there beats a load.
         let _b1 = b.take_slot();
         let _b2 = b.take_slot();
         let _a1 = a.take_slot();
+        assert_eq!(
+            names(choose(&all, "/api/chat", Some(&m), 0)),
+            ["b", "c", "a"]
+        );
+        // Two rounds of b's slots in flight: the least busy relative to its slots.
+        let _b3 = [b.take_slot(), b.take_slot()];
         assert_eq!(
             names(choose(&all, "/api/chat", Some(&m), 0)),
             ["c", "a", "b"]
