@@ -1582,7 +1582,7 @@ _aigate() {
             return 0
             ;;
         aigate__subcmd__serve)
-            opts="-h -V --listen --upstream --tls-cert --tls-key --token-ttl --jwt-secret-file --no-login --trusted-proxy --max-body --connect-timeout --response-timeout --idle-timeout --header-timeout --body-timeout --shutdown-timeout --metrics-listen --workers --cors-origin --max-conns-per-ip --max-conns --audit-retention --db --help --version"
+            opts="-h -V --listen --upstream --probe-interval --tls-cert --tls-key --token-ttl --jwt-secret-file --no-login --trusted-proxy --max-body --connect-timeout --response-timeout --idle-timeout --header-timeout --body-timeout --shutdown-timeout --metrics-listen --workers --cors-origin --max-conns-per-ip --max-conns --audit-retention --db --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1593,6 +1593,10 @@ _aigate() {
                     return 0
                     ;;
                 --upstream)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --probe-interval)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

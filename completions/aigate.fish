@@ -248,7 +248,8 @@ complete -c aigate -n "__fish_aigate_using_subcommand status" -l json -d 'Print 
 complete -c aigate -n "__fish_aigate_using_subcommand status" -s h -l help -d 'Print help'
 complete -c aigate -n "__fish_aigate_using_subcommand status" -s V -l version -d 'Print version'
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l listen -d 'Address to listen on (IP:PORT, or HOST:PORT resolved at start)' -r
-complete -c aigate -n "__fish_aigate_using_subcommand serve" -l upstream -d 'Ollama\'s URL; repeat (or separate with commas) to spread requests round-robin' -r
+complete -c aigate -n "__fish_aigate_using_subcommand serve" -l upstream -d 'An Ollama host for this run, beside those of `aigate host add`; repeat (or separate with commas) for several [default: http://127.0.0.1:11434 when no host is stored]' -r
+complete -c aigate -n "__fish_aigate_using_subcommand serve" -l probe-interval -d 'How often each host is asked for its models and health' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l tls-cert -d 'PEM certificate chain: serve HTTPS (with --tls-key)' -r -F
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l tls-key -d 'PEM private key for --tls-cert' -r -F
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l token-ttl -d 'Lifetime of tokens issued by /auth/login' -r

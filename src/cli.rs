@@ -542,15 +542,19 @@ pub struct ServeArgs {
         value_parser = parse_addr
     )]
     pub listen: SocketAddr,
-    /// Ollama's URL; repeat (or separate with commas) to spread requests round-robin
+    /// An Ollama host for this run, beside those of `aigate host add`; repeat (or
+    /// separate with commas) for several [default: http://127.0.0.1:11434 when no host
+    /// is stored]
     #[arg(
         long,
         env = "AIGATE_UPSTREAM",
-        default_value = "http://127.0.0.1:11434",
         value_name = "URL",
         value_delimiter = ','
     )]
     pub upstream: Vec<String>,
+    /// How often each host is asked for its models and health
+    #[arg(long, env = "AIGATE_PROBE_INTERVAL", default_value = "2s", value_name = "DUR", value_parser = parse_duration)]
+    pub probe_interval: Duration,
     /// PEM certificate chain: serve HTTPS (with --tls-key)
     #[arg(
         long,

@@ -531,7 +531,7 @@ async fn upstream_down_then_up_without_restart() {
     // The start says so, once, before any request.
     let said = support::gate::eventually(Duration::from_secs(2), || async {
         gate.logs()
-            .contains(&format!("upstream http://{addr} is not reachable"))
+            .contains(&format!("host {addr} (http://{addr}) did not answer"))
     })
     .await;
     assert!(said.is_some(), "{}", gate.logs());
@@ -548,8 +548,12 @@ async fn upstream_down_then_up_without_restart() {
     let _fake = FakeOllama::start_on(addr, FakeOptions::default())
         .await
         .expect("start the fake on the freed port");
-    let r = get(&gate.url("/api/tags"), &key).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    // The host is down until a probe answers (every 2 s): no request pays for trying.
+    let back = support::gate::eventually(Duration::from_secs(5), || async {
+        get(&gate.url("/api/tags"), &key).await.status == 200
+    })
+    .await;
+    assert!(back.is_some(), "{}", gate.logs());
     let r = post(&gate.url("/api/chat"), &key, CHAT).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text().lines().count(), 6);
@@ -618,14 +622,23 @@ async fn idle_upstream_ends_the_response() {
     let got = next_data(&mut body).await.expect("first").expect("frame");
     assert_eq!(got, first.as_bytes());
     let started = Instant::now();
-    let end = tokio::time::timeout(Duration::from_secs(5), next_data(&mut body))
+    // After the silence: one error record in the stream's own framing, then the end.
+    let record = tokio::time::timeout(Duration::from_secs(5), next_data(&mut body))
         .await
         .expect("the response ends after the idle timeout");
     let took = started.elapsed();
+    let record = record.expect("an error record").expect("frame");
+    let record: serde_json::Value = serde_json::from_slice(&record).expect("a JSON line");
     assert!(
-        !matches!(end, Some(Ok(_))),
-        "unexpected data after the upstream went silent"
+        record["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("sent nothing for 1s")),
+        "{record}"
     );
+    let end = tokio::time::timeout(Duration::from_secs(5), next_data(&mut body))
+        .await
+        .expect("the end");
+    assert!(end.is_none(), "nothing after the error record");
     assert!(
         took >= Duration::from_millis(700) && took < Duration::from_secs(3),
         "ended after {took:?}"

@@ -1,7 +1,8 @@
 //! Facts about a real OpenAI-compatible server (llama-cpp-python's `llama_cpp.server`
 //! with a tiny random-weight model) that the gate relies on, checked straight against
 //! the server; then the gate in front of it, counting and capping the tokens of a
-//! server that never reports usage in a stream. Each test starts its own server; the first one installs the packages into
+//! server that never reports usage in a stream, and registered as a host of kind `openai`
+//! beside an Ollama host. Each test starts its own server; the first one installs the packages into
 //! `target/llama` (see `support::llama`).
 
 mod support;
@@ -431,4 +432,102 @@ async fn the_gate_counts_and_caps_the_tokens_of_a_server_without_stream_usage() 
     let r = gate_post(&gate, &key, "/v1/chat/completions", &chat(10, true)).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "insufficient_quota");
+}
+
+/// The server registered as a host of kind `openai` beside a (fake) Ollama host: the
+/// gate discovers its model from `/v1/models`, routes OpenAI requests for it there and
+/// Ollama's routes never, and lists both hosts' models as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_llama_cpp_host_of_kind_openai_beside_ollama() {
+    use support::fake_ollama::{FakeOllama, FakeOptions};
+    let server = server().await;
+    let ollama = FakeOllama::start(FakeOptions {
+        installed: Some(vec!["qwen2.5:0.5b".into()]),
+        ..FakeOptions::default()
+    })
+    .await;
+    let db = Db::new();
+    db.cli(&[
+        "host",
+        "add",
+        &server.url(),
+        "--name",
+        "llama",
+        "--kind",
+        "openai",
+    ]);
+    db.cli(&["host", "add", &ollama.url(), "--name", "ollama"]);
+    let (_, key) = {
+        let v: Value =
+            serde_json::from_str(&db.cli(&["key", "create", "--tier", "admin", "--json"]))
+                .expect("key json");
+        (
+            v["id"].as_i64().expect("id"),
+            v["key"].as_str().expect("key").to_string(),
+        )
+    };
+    let gate = Gate::start(&db.path, "", &["--no-login", "--probe-interval", "200ms"]);
+    let hosts = || -> Vec<Value> {
+        serde_json::from_str(&db.cli(&["host", "list", "--json"])).expect("host list json")
+    };
+    let seen = eventually(std::time::Duration::from_secs(20), || async {
+        hosts().iter().all(|h| h["state"] == "up")
+    })
+    .await;
+    assert!(seen.is_some(), "{:?}", hosts());
+    let llama = hosts()
+        .into_iter()
+        .find(|h| h["name"] == "llama")
+        .expect("llama");
+    assert_eq!(llama["kind"], "openai");
+    assert_eq!(llama["loaded_models"], json!([MODEL]));
+
+    let r = send(
+        Method::GET,
+        &gate.url("/v1/models"),
+        &[("x-api-key", key.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let mut ids: Vec<String> = r.json()["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_string))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["qwen2.5:0.5b", MODEL]);
+
+    let r = gate_post(&gate, &key, "/v1/chat/completions", &chat(4, true)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(Sse::parse(&r.text()).contents().len(), 4);
+    let r = gate_post(&gate, &key, "/v1/chat/completions", &chat(3, false)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["usage"]["completion_tokens"], 3);
+    assert!(
+        ollama
+            .requests()
+            .iter()
+            .all(|r| !r.path_and_query.starts_with("/v1/chat")),
+        "the Ollama host has no {MODEL}"
+    );
+    // Ollama's own routes are not served by an OpenAI-compatible host: the one Ollama
+    // host answers for itself.
+    let body = json!({"model": MODEL, "messages": [], "stream": false});
+    let r = gate_post(&gate, &key, "/api/chat", &body).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&format!("model \"{MODEL}\" not found"))),
+        "{}",
+        r.text()
+    );
+    assert!(
+        ollama
+            .requests()
+            .iter()
+            .any(|r| r.path_and_query == "/api/chat")
+    );
 }

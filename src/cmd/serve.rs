@@ -14,8 +14,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use crate::auth::jwt::JwtKeys;
 use crate::cli::ServeArgs;
 use crate::gate::authn::Verifier;
+use crate::gate::fleet::{Fleet, join_all, probe};
 use crate::gate::recorder::{self, DbThread, Recorder};
 use crate::gate::server::Connections;
+use crate::gate::upstream::Pool;
 use crate::gate::{Config, Shared, State, Upstream, failure, server};
 use crate::store::{OpenMode, users};
 
@@ -27,6 +29,8 @@ pub fn run(db: &Path, args: ServeArgs) -> anyhow::Result<()> {
 /// Everything `serve` was asked for, checked and resolved before anything starts.
 struct Plan {
     config: Config,
+    /// The `--upstream` hosts.
+    upstreams: Vec<Upstream>,
     jwt: Option<JwtKeys>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     listen: SocketAddr,
@@ -90,16 +94,13 @@ impl Plan {
             .iter()
             .map(|u| Upstream::parse(u))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        if upstreams.is_empty() {
-            anyhow::bail!("no --upstream given");
-        }
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(c), Some(k)) => Some(server::tls_acceptor(c, k)?),
             _ => None,
         };
         let config = Config {
             db: db.to_path_buf(),
-            upstreams,
+            probe_interval: args.probe_interval,
             token_ttl: args.token_ttl,
             trusted_proxies: args.trusted_proxy.clone(),
             max_body: args.max_body,
@@ -132,6 +133,7 @@ impl Plan {
         };
         Ok(Plan {
             config,
+            upstreams,
             jwt,
             tls,
             listen: args.listen,
@@ -149,6 +151,7 @@ impl Plan {
 fn start(plan: Plan) -> anyhow::Result<()> {
     let Plan {
         config,
+        upstreams,
         jwt,
         tls,
         listen,
@@ -162,10 +165,13 @@ fn start(plan: Plan) -> anyhow::Result<()> {
     let login = jwt.is_some();
     let verifier = Arc::new(Verifier::new(&db, jwt)?);
     let recorder = Arc::new(Recorder::default());
+    let fleet = Arc::new(Fleet::new(upstreams, workers, Arc::default()));
+    fleet.refresh(super::open(&db, OpenMode::Existing)?.conn())?;
     let db_thread = DbThread::spawn(
         db.clone(),
         verifier.clone(),
         recorder.clone(),
+        fleet.clone(),
         audit_retention,
     )?;
     let conns = Arc::new(Connections::new(
@@ -178,7 +184,7 @@ fn start(plan: Plan) -> anyhow::Result<()> {
         audit_retention.map_or("forever".to_string(), recorder::days)
     );
 
-    let shared = Shared::new(verifier, recorder);
+    let shared = Shared::new(verifier, recorder, fleet.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     // SO_REUSEPORT would let this gate silently share a port with another one already
@@ -197,7 +203,7 @@ fn start(plan: Plan) -> anyhow::Result<()> {
         let worker = Worker {
             n,
             addr,
-            state: State::new(config.clone(), &shared),
+            state: State::new(config.clone(), &shared, n),
             conns: conns.clone(),
             tls: tls.clone(),
             stop: stop_rx.clone(),
@@ -232,15 +238,16 @@ fn start(plan: Plan) -> anyhow::Result<()> {
             ),
             None => None,
         };
+        let hosts = fleet.snapshot();
         tracing::info!(
-            "aigate {} listening on {}://{addr} db={} upstream={} tls={} login={} metrics={} workers={workers}",
+            "aigate {} listening on {}://{addr} db={} hosts={} tls={} login={} metrics={} workers={workers}",
             env!("CARGO_PKG_VERSION"),
             if tls.is_some() { "https" } else { "http" },
             db.display(),
-            config
-                .upstreams
+            hosts
+                .hosts
                 .iter()
-                .map(|u| format!("http://{}", u.authority))
+                .map(|h| format!("{}=http://{}", h.name, h.upstream.authority))
                 .collect::<Vec<_>>()
                 .join(","),
             if tls.is_some() { "on" } else { "off" },
@@ -250,27 +257,20 @@ fn start(plan: Plan) -> anyhow::Result<()> {
                 .and_then(|l| l.local_addr().ok())
                 .map_or("off".to_string(), |a| format!("http://{a}/metrics")),
         );
-        // Say once, at start, if an upstream is not there: a gate in front of nothing
-        // otherwise looks healthy until the first request gets its 502.
-        for up in &config.upstreams {
-            let host = up.authority.host().trim_start_matches('[').trim_end_matches(']');
-            let port = up.authority.port_u16().unwrap_or(80);
-            let probe = tokio::time::timeout(
-                config.connect_timeout,
-                tokio::net::TcpStream::connect((host, port)),
-            );
-            match probe.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(
-                    "upstream http://{} is not reachable ({e}); requests get 502 until it is",
-                    up.authority
-                ),
-                Err(_) => tracing::warn!(
-                    "upstream http://{} did not accept a connection within {:?}; requests get 504 until it does",
-                    up.authority, config.connect_timeout
-                ),
+        // The first probe of every host, before the prober takes over: a gate in
+        // front of nothing otherwise looks healthy until the first request's 502.
+        let pool = Arc::new(Pool::new(config.connect_timeout, config.response_timeout));
+        let first = hosts.hosts.iter().map(|h| probe::check(&pool, h));
+        for (host, result) in hosts.hosts.iter().zip(join_all(first).await) {
+            if let Err(e) = result {
+                tracing::warn!(
+                    "host {} (http://{}) did not answer ({e}); it gets no requests until it does",
+                    host.name,
+                    host.upstream.authority
+                );
             }
         }
+        tokio::spawn(probe::run(fleet.clone(), pool, config.probe_interval));
         if let Some(ml) = metrics_listener {
             let mut rx = stop_rx.clone();
             tokio::spawn(server::run_metrics(ml, shared.metrics.clone(), async move {

@@ -108,31 +108,73 @@ impl HttpBody for Guarded {
     }
 }
 
-/// Every model a JSON body names at its top level, read as Ollama will read it: Go's
-/// decoder matches keys regardless of case and, of duplicates, keeps the last non-null
-/// one, so each is returned (the last is the one used). `Err` when serde cannot read the
-/// body as one JSON document (trailing data, bad escapes, deep nesting), which Go may
-/// still accept; with an allow-list such a body is refused rather than guessed at.
-pub fn models_of(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+/// What the gate reads of a JSON body's top level, in one pass.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Fields {
+    /// Every model named (`model`, or the older `name`), in order: the last is the one
+    /// Ollama uses.
+    pub models: Vec<String>,
+    /// The top-level keys that the gate may rewrite, by any spelling Go's decoder
+    /// takes (case-insensitive, escapes decoded).
+    pub set: Set,
+}
+
+/// Which rewritable keys a body sets at its top level.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Set {
+    pub options: bool,
+    pub keep_alive: bool,
+    pub max_tokens: bool,
+    pub max_completion_tokens: bool,
+}
+
+/// The [`Fields`] of a JSON body, read as Ollama will read it: Go's decoder matches
+/// keys regardless of case and, of duplicates, keeps the last non-null one, so every
+/// model is returned (the last is the one used). A body that is not an object has none
+/// (and Ollama refuses it). `Err` when serde cannot read the body as one JSON document
+/// (trailing data, bad escapes, deep nesting), which Go may still accept; with an
+/// allow-list such a body is refused rather than guessed at.
+pub fn fields_of(body: &[u8]) -> Result<Fields, serde_json::Error> {
     use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
     use std::fmt;
 
-    /// A key, told apart without copying it: is it one that names the model?
-    struct ModelKey;
-    impl<'de> DeserializeSeed<'de> for ModelKey {
-        type Value = bool;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+    /// What a key is, told apart without copying it.
+    enum Key {
+        Model,
+        Options,
+        KeepAlive,
+        MaxTokens,
+        MaxCompletionTokens,
+        Other,
+    }
+    struct KeySeed;
+    impl<'de> DeserializeSeed<'de> for KeySeed {
+        type Value = Key;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
             d.deserialize_str(self)
         }
     }
-    impl Visitor<'_> for ModelKey {
-        type Value = bool;
+    impl Visitor<'_> for KeySeed {
+        type Value = Key;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a key")
         }
-        fn visit_str<E>(self, k: &str) -> Result<bool, E> {
+        fn visit_str<E>(self, k: &str) -> Result<Key, E> {
+            let is = |name: &str| k.eq_ignore_ascii_case(name);
             // `name` is the older spelling Ollama still accepts (`/api/show`).
-            Ok(k.eq_ignore_ascii_case("model") || k.eq_ignore_ascii_case("name"))
+            Ok(if is("model") || is("name") {
+                Key::Model
+            } else if is("options") {
+                Key::Options
+            } else if is("keep_alive") {
+                Key::KeepAlive
+            } else if is("max_tokens") {
+                Key::MaxTokens
+            } else if is("max_completion_tokens") {
+                Key::MaxCompletionTokens
+            } else {
+                Key::Other
+            })
         }
     }
 
@@ -177,30 +219,42 @@ pub fn models_of(body: &[u8]) -> Result<Vec<String>, serde_json::Error> {
         }
     }
 
-    struct Models;
-    impl<'de> Visitor<'de> for Models {
-        type Value = Vec<String>;
+    struct Top;
+    impl<'de> Visitor<'de> for Top {
+        type Value = Fields;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
-            let mut found = Vec::new();
-            while let Some(is_model) = map.next_key_seed(ModelKey)? {
-                if is_model {
-                    found.extend(map.next_value_seed(ModelName)?);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+            let mut found = Fields::default();
+            while let Some(key) = map.next_key_seed(KeySeed)? {
+                let set = &mut found.set;
+                let flag = match key {
+                    Key::Model => {
+                        found.models.extend(map.next_value_seed(ModelName)?);
+                        continue;
+                    }
+                    Key::Options => &mut set.options,
+                    Key::KeepAlive => &mut set.keep_alive,
+                    Key::MaxTokens => &mut set.max_tokens,
+                    Key::MaxCompletionTokens => &mut set.max_completion_tokens,
+                    Key::Other => {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                };
+                *flag = true;
+                map.next_value::<IgnoredAny>()?;
             }
             Ok(found)
         }
     }
     // Anything but an object names no model (and Ollama refuses it).
     if !body.trim_ascii_start().starts_with(b"{") {
-        return Ok(Vec::new());
+        return Ok(Fields::default());
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let found = de.deserialize_map(Models)?;
+    let found = de.deserialize_map(Top)?;
     de.end()?;
     Ok(found)
 }
@@ -211,7 +265,7 @@ mod tests {
 
     #[test]
     fn models_are_read_as_go_reads_them() {
-        let m = |b: &str| models_of(b.as_bytes()).ok();
+        let m = |b: &str| fields_of(b.as_bytes()).ok().map(|f| f.models);
         assert_eq!(m(r#"{"messages":[]}"#), Some(vec![]));
         assert_eq!(m(""), Some(vec![]));
         assert_eq!(
@@ -226,5 +280,17 @@ mod tests {
             m(&format!(r#"{{"model":"a","x":{}}}"#, "[".repeat(200))),
             None
         );
+    }
+
+    #[test]
+    fn rewritable_keys_are_found_by_any_spelling() {
+        let set = |b: &str| fields_of(b.as_bytes()).expect("json").set;
+        assert_eq!(
+            set(r#"{"model":"m","messages":[{"options":1}]}"#),
+            Set::default()
+        );
+        let s = set(r#"{"OPTIONS":{},"keep_alive":"5m","max_tok\u0065ns":3}"#);
+        assert!(s.options && s.keep_alive && s.max_tokens && !s.max_completion_tokens);
+        assert!(set(r#"{"Max_Completion_Tokens":null}"#).max_completion_tokens);
     }
 }

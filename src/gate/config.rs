@@ -3,13 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::upstream::Upstream;
-
 /// Everything a worker needs to know of its configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub db: PathBuf,
-    pub upstreams: Vec<Upstream>,
+    /// How often each host is probed.
+    pub probe_interval: Duration,
     pub token_ttl: Duration,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub max_body: u64,

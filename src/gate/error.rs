@@ -55,6 +55,12 @@ pub enum GateError {
     Unchecked(String),
     #[error("{0}")]
     NotFound(String),
+    /// No host has the model (SPEC §6).
+    #[error("model {0:?} not found")]
+    ModelNotFound(String),
+    /// Every host that could serve the request is down or drained (SPEC §4's body).
+    #[error("Upstream unavailable")]
+    HostsDown,
     /// With the methods to name in `Allow`, when the route has one.
     #[error("Method Not Allowed")]
     MethodNotAllowed(Option<&'static str>),
@@ -114,13 +120,13 @@ impl GateError {
             GateError::AdminOnly(_)
             | GateError::ModelNotAllowed { .. }
             | GateError::Unchecked(_) => StatusCode::FORBIDDEN,
-            GateError::NotFound(_) => StatusCode::NOT_FOUND,
+            GateError::NotFound(_) | GateError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             GateError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GateError::Limited(_) | GateError::TooManyLogins { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
             GateError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
-            GateError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            GateError::Upstream(_) | GateError::HostsDown => StatusCode::BAD_GATEWAY,
             GateError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -223,13 +229,16 @@ impl GateError {
                 ("permission_error", Some("model_not_allowed"))
             }
             GateError::NotFound(_) => ("invalid_request_error", Some("not_found")),
+            GateError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
             GateError::Limited(Rejection::Tokens { .. }) => {
                 ("insufficient_quota", Some("insufficient_quota"))
             }
             GateError::Limited(_) | GateError::TooManyLogins { .. } => {
                 ("rate_limit_error", Some("rate_limit_exceeded"))
             }
-            GateError::Upstream(_) | GateError::Internal(_) => ("server_error", None),
+            GateError::Upstream(_) | GateError::HostsDown | GateError::Internal(_) => {
+                ("server_error", None)
+            }
             _ => ("invalid_request_error", None),
         }
     }

@@ -1,7 +1,9 @@
 //! Forwarding an admitted request: its body read only when it must be looked at (the
-//! model allow-list, an undeclared length), the upstream request built with clean
-//! headers and the path and query byte-exact, and the response streamed back through
-//! [`Tapped`] — or, for a caller with an allow-list, the model list filtered.
+//! model allow-list, the quota's cap, the host to choose, pinned options, an undeclared
+//! length), the host chosen ([`choose`]), the upstream request built with clean headers
+//! and the path and query byte-exact, sent again to the next host when one fails before
+//! answering, and the response streamed back through [`Tapped`] — or, for a caller with
+//! an allow-list, the model list filtered; over several hosts, the lists merged.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -10,16 +12,18 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::PathAndQuery;
-use hyper::{Method, Request, Response, Uri};
+use hyper::{HeaderMap, Method, Request, Response, Uri};
 
 use super::authn::Principal;
 use super::error::GateError;
+use super::fleet::choose::choose;
+use super::fleet::{Host, NoHost, Snapshot, lists, model_key};
 use super::limits::Admitted;
 use super::respond::{self, Body};
 use super::route::Route;
-use super::stream::{Accounting, Tapped};
+use super::stream::{Accounting, Framing, Tapped};
 use super::upstream::{Lease, Upstream, UpstreamError};
-use super::{State, authz, body, cap, headers};
+use super::{State, authz, body, headers, rewrite, route};
 use crate::store::usage::DAY;
 
 /// The largest `/api/tags` or `/v1/models` answer filtered for a caller.
@@ -48,57 +52,169 @@ pub async fn forward(
             .ok_or_else(|| GateError::BadRequest("Malformed query string".into()))?;
         authz::check_models(state, principal, &models)?;
     }
+    let fleet = state.fleet.snapshot();
+    // A management request goes to the host it names, and only there.
+    let named = match route {
+        Route::Management => Some(named_host(&fleet, &parts.headers)?),
+        _ => None,
+    };
+    let serving = fleet
+        .hosts
+        .iter()
+        .filter(|h| h.serves(parts.uri.path()))
+        .count();
+    let several = named.is_none() && serving > 1;
     let quota = principal.limits.tokens_per_day;
+    let api = rewrite::Api::of_path(parts.uri.path());
+    let pinned = api.is_some_and(|a| a != rewrite::Api::OpenAi) && !fleet.pins.is_empty();
     let has_body = !matches!(parts.method, Method::GET | Method::HEAD) || declared.is_some();
     // The body is read whole only when it must be looked at (the model allow-list, a
-    // daily token quota to cap generation to) or its size is not declared; otherwise it
-    // streams through as it arrives.
-    let must_read = has_body && (filter.is_some() || quota.is_some() || declared.is_none());
+    // daily token quota to cap generation to, the model to choose a host by or to
+    // apply pins for) or its size is not declared; otherwise it streams through as it
+    // arrives. A body read whole can be sent again to another host.
+    let must_read = has_body
+        && (filter.is_some() || quota.is_some() || declared.is_none() || several || pinned);
     let mut request_bytes = declared.unwrap_or(0);
-    let (up_body, model) = if must_read {
+    let mut model = None;
+    let mut streamed = None;
+    let mut whole = None;
+    if must_read {
         let bytes = body::read(incoming, max, state.config.body_timeout).await?;
         request_bytes = bytes.len() as u64;
-        let models = body::models_of(&bytes);
+        let fields = body::fields_of(&bytes);
         // With an allow-list, a body must be one the gate can read the model of: a
-        // multipart or form body (whose `model` field Ollama reads too) is refused.
+        // multipart or form body (whose `model` field Ollama reads too) is refused. So
+        // must a generation body under a token quota, whose cap the gate writes: Go's
+        // decoder reads a first object and ignores what follows, serde does not.
         let start = bytes.trim_ascii_start();
         let opaque = !start.is_empty() && !start.starts_with(b"{");
-        if filter.is_some() && (models.is_err() || opaque) {
+        let capped = quota.is_some() && api.is_some_and(rewrite::Api::generates);
+        if (filter.is_some() || capped) && (fields.is_err() || opaque) {
             return Err(GateError::NotJson);
         }
-        let mut models = models.unwrap_or_default();
+        let body::Fields { mut models, set } = fields.unwrap_or_default();
         authz::check_models(state, principal, &models)?;
+        model = models.pop();
         let mut bytes = bytes;
-        if let Some(limit) = quota {
-            let used = principal
-                .state
-                .tokens_on(crate::store::now().div_euclid(DAY));
-            let remaining = limit.saturating_sub(used).max(1);
-            if let Some(capped) = cap::generation(&bytes, parts.uri.path(), remaining) {
+        if let Some(api) = api {
+            let mut edits = rewrite::Edits::default();
+            if let Some(limit) = quota.filter(|_| api.generates()) {
+                let used = principal
+                    .state
+                    .tokens_on(crate::store::now().div_euclid(DAY));
+                edits.max_tokens = Some(limit.saturating_sub(used).max(1));
+            }
+            if let Some(pin) = model.as_deref().and_then(|m| fleet.pins.get(&model_key(m))) {
+                edits.num_ctx = pin.num_ctx;
+                edits.keep_alive = pin.keep_alive;
+            }
+            if let Some(edited) = rewrite::rewrite(&bytes, api, set, edits) {
                 parts
                     .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(capped.len()));
-                bytes = capped;
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(edited.len()));
+                bytes = edited;
             }
         }
-        (respond::full(bytes), models.pop())
+        whole = Some(bytes);
     } else {
-        (
-            body::Guarded::boxed(incoming, state.config.body_timeout),
-            None,
-        )
+        streamed = Some(body::Guarded::boxed(incoming, state.config.body_timeout));
+    }
+    if route == Route::Model {
+        // `/v1/models/{id}`: the id is the model.
+        let id = parts.uri.path().trim_start_matches("/v1/models/");
+        model = route::percent_decoded(id).map(|m| m.into_owned());
+    }
+    if route == Route::Models && several {
+        return merged_models(state, &fleet, &parts, admitted).await;
+    }
+    let management = named.is_some();
+    let hosts = match named {
+        Some(host) => vec![host],
+        None if !several => fleet
+            .hosts
+            .iter()
+            .filter(|h| h.serves(parts.uri.path()))
+            .cloned()
+            .collect(),
+        None => {
+            let key = model.as_deref().map(model_key);
+            choose(
+                &fleet.hosts,
+                parts.uri.path(),
+                key.as_deref(),
+                state.fleet.turn(),
+            )
+            .map_err(|e| no_host(e, model.as_deref()))?
+        }
     };
+    if hosts.is_empty() {
+        return Err(no_host(NoHost::NoRoute, None));
+    }
     let peer_trusted = state
         .config
         .trusted_proxies
         .iter()
         .any(|n| n.contains(&peer));
-    let (index, upstream) = state.upstream();
-    let up_req = upstream_request(upstream, parts, up_body, peer, peer_trusted, https);
-    let (resp, lease) = state
-        .pool
-        .send(&state.metrics, index, upstream, up_req)
-        .await?;
+    let hyper::http::request::Parts {
+        method,
+        uri,
+        mut headers,
+        ..
+    } = parts;
+    headers::upstream_headers(&mut headers, peer, peer_trusted, https, &hosts[0].upstream);
+    let target = uri
+        .into_parts()
+        .path_and_query
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // Failover: a request whose body can be sent again goes to the next host when this
+    // one failed before any byte went back. Management requests are never retried.
+    let mut tries = hosts.iter().peekable();
+    let (resp, lease, slot) = loop {
+        let Some(host) = tries.next() else {
+            return Err(GateError::HostsDown);
+        };
+        let again = whole.is_some() && !management && tries.peek().is_some();
+        let body = match (&whole, streamed.take()) {
+            (Some(bytes), _) => respond::full(bytes.clone()),
+            (None, Some(body)) => body,
+            (None, None) => return Err(GateError::HostsDown),
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = Uri::from(target.clone());
+        *req.headers_mut() = if again {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
+        req.headers_mut()
+            .insert(header::HOST, host.upstream.host.clone());
+        let slot = host.take_slot();
+        let idle = host.idle(state.worker);
+        match state
+            .pool
+            .send(&state.metrics, &host.upstream, idle, req)
+            .await
+        {
+            Ok((resp, lease)) => break (resp, lease, slot),
+            Err(e) => {
+                let down = host.failed(e.refused());
+                if down {
+                    tracing::warn!("host {} is down: {e}", host.name);
+                }
+                if again && e.may_fail_over() {
+                    host.metrics.failovers.inc();
+                    tracing::debug!("failing over from host {}: {e}", host.name);
+                    continue;
+                }
+                return Err(e.into());
+            }
+        }
+    };
+    let host = slot.host().clone();
+    if host.succeeded() {
+        tracing::info!("host {} is up again", host.name);
+    }
     let (mut head, upstream_body) = resp.into_parts();
     headers::strip_response_headers(&mut head.headers);
     let accounting = Accounting {
@@ -106,14 +222,103 @@ pub async fn forward(
         admitted,
         model,
         request_bytes,
+        slot: Some(slot),
     };
     let filter_list = route == Route::Models && head.status.is_success();
     if filter_list && accounting.admitted.caller().models.is_some() {
-        return filtered_models(head, upstream_body, lease, accounting, upstream).await;
+        return filtered_models(head, upstream_body, lease, accounting, &host.upstream).await;
     }
     let scan = head.status.is_success() && route == Route::Proxy;
-    let body = Tapped::new(upstream_body, scan, lease, accounting);
+    let framing = Framing::of(&head.headers);
+    if framing.is_some() {
+        // An error record may be added if the host fails midway.
+        head.headers.remove(header::CONTENT_LENGTH);
+    }
+    let body = Tapped::new(upstream_body, scan, framing, lease, accounting);
     Ok(Response::from_parts(head, body.boxed()))
+}
+
+/// The host a management request names in `X-Aigate-Host`: required when there are
+/// several, optional (but checked) with one.
+fn named_host(fleet: &Snapshot, headers: &HeaderMap) -> Result<Arc<Host>, GateError> {
+    let named = headers.get(&headers::X_AIGATE_HOST);
+    match (named, fleet.hosts.as_slice()) {
+        (None, [only]) => Ok(only.clone()),
+        (None, _) => Err(GateError::BadRequest(format!(
+            "Name the host in X-Aigate-Host: this gate has {} ({})",
+            fleet.hosts.len(),
+            host_names(fleet)
+        ))),
+        (Some(v), _) => {
+            let name = v.to_str().unwrap_or_default().trim();
+            fleet.host(name).cloned().ok_or_else(|| {
+                GateError::BadRequest(format!(
+                    "X-Aigate-Host names no host of this gate; it has {}",
+                    host_names(fleet)
+                ))
+            })
+        }
+    }
+}
+
+/// The hosts' names for an error message, at most a few.
+fn host_names(fleet: &Snapshot) -> String {
+    const SHOWN: usize = 8;
+    let mut names: Vec<&str> = fleet
+        .hosts
+        .iter()
+        .take(SHOWN)
+        .map(|h| h.name.as_str())
+        .collect();
+    if fleet.hosts.len() > SHOWN {
+        names.push("…");
+    }
+    names.join(", ")
+}
+
+fn no_host(e: NoHost, model: Option<&str>) -> GateError {
+    match e {
+        NoHost::UnknownModel => GateError::ModelNotFound(model.unwrap_or_default().into()),
+        NoHost::AllDown => GateError::HostsDown,
+        NoHost::NoRoute => GateError::NotFound("No host of this gate serves this route".into()),
+    }
+}
+
+/// `/api/tags`, `/api/ps` or `/v1/models` over several hosts: every host that is up
+/// asked at once, the lists merged, and cut down to the caller's models.
+async fn merged_models(
+    state: &Arc<State>,
+    fleet: &Snapshot,
+    parts: &hyper::http::request::Parts,
+    admitted: Admitted<Principal>,
+) -> Result<Response<Body>, GateError> {
+    let path: &'static str = match parts.uri.path() {
+        "/api/tags" => "/api/tags",
+        "/api/ps" => "/api/ps",
+        _ => "/v1/models",
+    };
+    let hosts: Vec<Arc<Host>> = fleet
+        .hosts
+        .iter()
+        .filter(|h| h.serves(path) && h.usable() && !h.draining())
+        .cloned()
+        .collect();
+    if hosts.is_empty() {
+        return Err(GateError::HostsDown);
+    }
+    let answers = lists::fetch_all(&state.pool, &state.metrics, &hosts, state.worker, path).await;
+    let mut bodies = Vec::with_capacity(answers.len());
+    for (host, answer) in hosts.iter().zip(answers) {
+        match answer {
+            Ok(b) => bodies.push(b),
+            Err(e) => tracing::warn!("host {} did not list its models: {e}", host.name),
+        }
+    }
+    let mut doc = lists::merge(path, &bodies).ok_or(GateError::HostsDown)?;
+    if let Some(filter) = admitted.caller().models.as_ref() {
+        filter.retain_allowed(&mut doc);
+    }
+    Ok(respond::json(hyper::StatusCode::OK, &doc))
 }
 
 /// The `model` values of a query string (any case of the key, as Go's `FormValue`
@@ -133,35 +338,6 @@ fn query_models(query: Option<&str>) -> Option<Vec<String>> {
     )
 }
 
-/// Builds the upstream request from the client's `parts` with `body`. The target is
-/// sent in origin form (`/path?query`, byte-exact), as to any server; absolute form is
-/// for proxies.
-pub fn upstream_request(
-    up: &Upstream,
-    parts: hyper::http::request::Parts,
-    body: Body,
-    peer: IpAddr,
-    peer_trusted: bool,
-    https: bool,
-) -> Request<Body> {
-    let hyper::http::request::Parts {
-        method,
-        uri,
-        mut headers,
-        ..
-    } = parts;
-    headers::upstream_headers(&mut headers, peer, peer_trusted, https, up);
-    let target = uri
-        .into_parts()
-        .path_and_query
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut req = Request::new(body);
-    *req.method_mut() = method;
-    *req.uri_mut() = Uri::from(target);
-    *req.headers_mut() = headers;
-    req
-}
-
 /// `/api/tags` or `/v1/models`, with only the models the caller may use.
 async fn filtered_models(
     mut head: hyper::http::response::Parts,
@@ -176,7 +352,7 @@ async fn filtered_models(
     let Some(filter) = principal.models.as_ref() else {
         return Err(bad_list());
     };
-    let tapped = Tapped::new(body, false, lease, accounting);
+    let tapped = Tapped::new(body, false, None, lease, accounting);
     let bytes = Limited::new(tapped, MAX_LIST_BODY)
         .collect()
         .await

@@ -11,6 +11,8 @@ use super::upstream::Upstream;
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// The host a management request is for (SPEC §6); the gate's, never sent upstream.
+pub static X_AIGATE_HOST: HeaderName = HeaderName::from_static("x-aigate-host");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -98,6 +100,7 @@ pub fn upstream_headers(
             || n == header::AUTHORIZATION
             || n == header::FORWARDED
             || n == X_REAL_IP
+            || n == X_AIGATE_HOST
             || n.as_str().starts_with("x-forwarded-")
     });
     if let Some(v) = chain {

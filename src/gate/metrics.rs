@@ -36,6 +36,12 @@ pub struct TokenLabels {
     pub kind: &'static str,
 }
 
+/// A single `host` label: a host's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabel {
+    pub host: String,
+}
+
 /// Every metric of the gate.
 pub struct Metrics {
     registry: Registry,
@@ -50,6 +56,13 @@ pub struct Metrics {
     pub auth_failures_suppressed: Counter,
     /// Connections closed at once for a cap: `cap` is `per_address` or `total`.
     pub connections_refused: Family<KindLabel, Counter>,
+    /// Per host: up (1) or down (0), requests in flight, requests sent, requests that
+    /// failed over to another host from this one, model loads seen by the probes.
+    pub host_up: Family<HostLabel, Gauge>,
+    pub host_in_flight: Family<HostLabel, Gauge>,
+    pub host_requests: Family<HostLabel, Counter>,
+    pub host_failovers: Family<HostLabel, Counter>,
+    pub host_loads: Family<HostLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -71,6 +84,11 @@ impl Default for Metrics {
         let audit_dropped = Counter::default();
         let auth_failures_suppressed = Counter::default();
         let connections_refused = Family::<KindLabel, Counter>::default();
+        let host_up = Family::<HostLabel, Gauge>::default();
+        let host_in_flight = Family::<HostLabel, Gauge>::default();
+        let host_requests = Family::<HostLabel, Counter>::default();
+        let host_failovers = Family::<HostLabel, Counter>::default();
+        let host_loads = Family::<HostLabel, Counter>::default();
         registry.register(
             "requests",
             "Requests by route class and status",
@@ -112,6 +130,31 @@ impl Default for Metrics {
             "Connections closed at once for a cap (kind: per_address or total)",
             connections_refused.clone(),
         );
+        registry.register(
+            "host_up",
+            "Whether a host answers (1) or is down (0)",
+            host_up.clone(),
+        );
+        registry.register(
+            "host_in_flight",
+            "Requests on a host now",
+            host_in_flight.clone(),
+        );
+        registry.register(
+            "host_requests",
+            "Requests sent to a host",
+            host_requests.clone(),
+        );
+        registry.register(
+            "host_failovers",
+            "Requests that failed on a host before any byte went back and were sent to the next one",
+            host_failovers.clone(),
+        );
+        registry.register(
+            "host_model_loads",
+            "Models a host loaded, as its probes saw them appear in /api/ps",
+            host_loads.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -123,6 +166,11 @@ impl Default for Metrics {
             audit_dropped,
             auth_failures_suppressed,
             connections_refused,
+            host_up,
+            host_in_flight,
+            host_requests,
+            host_failovers,
+            host_loads,
         }
     }
 }

@@ -4,8 +4,9 @@
 //! [`server`] (accept, TLS, head deadline) → [`handler`] (the order of the steps) →
 //! [`route`] (what the path is) → [`cors`] → [`authn`] (the credential, the verifier
 //! and its cache) → [`authz`] (admin routes, the model allow-list, with [`body`] and
-//! [`models`]) → [`limits`] → [`forward`] (the upstream request over [`upstream`]'s
-//! pool, with [`headers`] hygiene and the generation [`cap`]) → [`stream`] (the
+//! [`models`]) → [`limits`] → [`forward`] (the host chosen from the [`fleet`], the
+//! upstream request over [`upstream`]'s pool, with [`headers`] hygiene and the body's
+//! [`rewrite`]: the generation cap, pinned options) → [`stream`] (the
 //! response body, read by the usage [`tap`]). Beside the flow: [`login`] and [`admin`]
 //! (the gate's own routes), [`failure`] (the record of an auth failure, bounded by
 //! [`windows`]), [`throttle`] (login attempts), [`addr`] (the per-address rule),
@@ -17,11 +18,11 @@ pub mod admin;
 pub mod authn;
 pub mod authz;
 pub mod body;
-pub mod cap;
 pub mod config;
 pub mod cors;
 pub mod error;
 pub mod failure;
+pub mod fleet;
 pub mod forward;
 pub mod handler;
 pub mod headers;
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod models;
 pub mod recorder;
 pub mod respond;
+pub mod rewrite;
 pub mod route;
 pub mod server;
 pub mod state;

@@ -2,7 +2,8 @@
 //! asks SQLite whether another connection committed (`PRAGMA data_version`) — a CLI
 //! revoke, rotation or tier change — and if so refreshes the verifier's cache. Every
 //! second (and at shutdown) it writes what the request path recorded in memory: usage,
-//! `last_used_at` and audit entries, in one transaction. The request path never waits
+//! `last_used_at` and audit entries, in one transaction, and what the gate observed of
+//! its hosts. The request path never waits
 //! for SQLite and never writes per request. Every hour (and once at start) it deletes
 //! audit rows older than the retention.
 //!
@@ -19,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::authn::Verifier;
+use super::fleet::Fleet;
 use super::windows::{Admit, FailureWindows, Suppressed};
 use crate::store::usage::{self, Counts, UsageKey};
 use crate::store::{OpenMode, Store, audit, now};
@@ -178,6 +180,7 @@ impl DbThread {
         db: PathBuf,
         verifier: Arc<Verifier>,
         recorder: Arc<Recorder>,
+        fleet: Arc<Fleet>,
         retention: Option<Duration>,
     ) -> anyhow::Result<DbThread> {
         let mut store = Store::open(&db, OpenMode::Existing)?;
@@ -206,7 +209,14 @@ impl DbThread {
                     }
                     match data_version(&store) {
                         Ok(v) if Some(v) != version => match verifier.refresh(store.conn()) {
-                            Ok(()) => version = Some(v),
+                            Ok(()) => {
+                                version = Some(v);
+                                if let Err(e) = fleet.refresh(store.conn()) {
+                                    tracing::error!(
+                                        "reading the hosts failed, keeping the last: {e}"
+                                    );
+                                }
+                            }
                             Err(e) => {
                                 tracing::error!(
                                     "refreshing credentials failed, dropping the cache: {e}"
@@ -232,6 +242,7 @@ impl DbThread {
                             }
                         }
                         flush(&mut store, &recorder, &mut pending_audit);
+                        fleet.report(&mut store);
                     }
                     if stopping_now {
                         break;

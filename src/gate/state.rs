@@ -1,33 +1,36 @@
-//! What a request handler reaches: the shared verifier, recorder, metrics and login
-//! throttle, and one worker's own connection pool and metric handles.
+//! What a request handler reaches: the shared verifier, recorder, metrics, login
+//! throttle and hosts, and one worker's own connection pool and metric handles.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::authn::Verifier;
 use super::config::Config;
+use super::fleet::Fleet;
 use super::metrics::{Handles, Metrics};
 use super::recorder::Recorder;
 use super::throttle::LoginThrottle;
-use super::upstream::{Pool, Upstream};
+use super::upstream::Pool;
 
-/// What all workers share: credentials, recorded usage, metrics, login counters.
+/// What all workers share: credentials, recorded usage, metrics, login counters, hosts.
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub verifier: Arc<Verifier>,
     pub recorder: Arc<Recorder>,
     pub metrics: Arc<Metrics>,
     pub login: Arc<LoginThrottle>,
+    pub fleet: Arc<Fleet>,
 }
 
 impl Shared {
-    /// Shared state over `verifier` and `recorder`, with fresh metrics and counters.
-    pub fn new(verifier: Arc<Verifier>, recorder: Arc<Recorder>) -> Shared {
+    /// Shared state over `verifier`, `recorder` and `fleet` (whose metrics are used),
+    /// with fresh login counters.
+    pub fn new(verifier: Arc<Verifier>, recorder: Arc<Recorder>, fleet: Arc<Fleet>) -> Shared {
         Shared {
             verifier,
             recorder,
-            metrics: Arc::default(),
+            metrics: fleet.metrics().clone(),
             login: Arc::default(),
+            fleet,
         }
     }
 }
@@ -42,7 +45,9 @@ pub struct State {
     pub counters: Handles,
     pub pool: Pool,
     pub login: Arc<LoginThrottle>,
-    next_upstream: AtomicUsize,
+    pub fleet: Arc<Fleet>,
+    /// This worker's number: which of each host's idle connection lists is its own.
+    pub worker: usize,
 }
 
 impl std::fmt::Debug for State {
@@ -54,14 +59,10 @@ impl std::fmt::Debug for State {
 }
 
 impl State {
-    /// The state of one worker: its own upstream connection pool over what all
+    /// The state of worker `worker`: its own upstream connections over what all
     /// workers share.
-    pub fn new(config: Config, shared: &Shared) -> State {
-        let pool = Pool::new(
-            config.upstreams.len(),
-            config.connect_timeout,
-            config.response_timeout,
-        );
+    pub fn new(config: Config, shared: &Shared, worker: usize) -> State {
+        let pool = Pool::new(config.connect_timeout, config.response_timeout);
         State {
             config,
             verifier: shared.verifier.clone(),
@@ -70,14 +71,8 @@ impl State {
             counters: Handles::default(),
             pool,
             login: shared.login.clone(),
-            next_upstream: AtomicUsize::new(0),
+            fleet: shared.fleet.clone(),
+            worker,
         }
-    }
-
-    /// The next upstream, round-robin.
-    pub fn upstream(&self) -> (usize, &Upstream) {
-        let n = self.next_upstream.fetch_add(1, Ordering::Relaxed);
-        let i = n % self.config.upstreams.len();
-        (i, &self.config.upstreams[i])
     }
 }

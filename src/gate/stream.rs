@@ -12,6 +12,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use super::State;
 use super::authn::Principal;
+use super::fleet::Slot;
 use super::idle::Idle;
 use super::limits::{self, Admitted};
 use super::respond::BoxError;
@@ -28,6 +29,8 @@ pub struct Accounting {
     pub model: Option<String>,
     /// The request body's length, for a prompt the upstream does not count.
     pub request_bytes: u64,
+    /// The request's slot on its host, given back as this drops.
+    pub slot: Option<Slot>,
 }
 
 /// Bytes of a prompt counted as one token when the upstream reports no counts: about
@@ -79,6 +82,50 @@ impl Accounting {
     }
 }
 
+/// How a streamed response frames its records, so that an error can be written as one
+/// more record when the upstream fails mid-stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Ollama's `application/x-ndjson`: a line `{"error": "…"}`, which Ollama's clients
+    /// raise as the error.
+    Ndjson,
+    /// OpenAI's `text/event-stream`: an event `data: {"error": {…}}`, which OpenAI's
+    /// SDKs raise.
+    Sse,
+}
+
+impl Framing {
+    /// The framing of a response with these headers, if it is a stream of records.
+    pub fn of(headers: &hyper::HeaderMap) -> Option<Framing> {
+        let ct = headers.get(hyper::header::CONTENT_TYPE)?.to_str().ok()?;
+        let ct = ct.split(';').next().unwrap_or_default().trim();
+        if ct.eq_ignore_ascii_case("application/x-ndjson") {
+            Some(Framing::Ndjson)
+        } else if ct.eq_ignore_ascii_case("text/event-stream") {
+            Some(Framing::Sse)
+        } else {
+            None
+        }
+    }
+
+    /// `message` as one record of this framing.
+    fn error(self, message: &str) -> Bytes {
+        let record = match self {
+            Framing::Ndjson => serde_json::json!({ "error": message }),
+            Framing::Sse => serde_json::json!({
+                "error": { "message": message, "type": "server_error", "code": null }
+            }),
+        };
+        let mut out = Vec::new();
+        if self == Framing::Sse {
+            out.extend_from_slice(b"data: ");
+        }
+        let _ = serde_json::to_writer(&mut out, &record);
+        out.extend_from_slice(if self == Framing::Sse { b"\n\n" } else { b"\n" });
+        Bytes::from(out)
+    }
+}
+
 /// A response body on its way to the client: each frame is passed on as it comes,
 /// read by the usage tap, and guarded by the idle timeout. Recording happens once, at
 /// the end of the stream or when the client goes away (drop).
@@ -91,11 +138,23 @@ pub struct Tapped {
     /// with the body otherwise, which closes it (Ollama stops generating).
     lease: Option<Lease>,
     accounting: Option<Accounting>,
+    /// How to tell the client, in the stream, that it ended early.
+    framing: Option<Framing>,
+    /// The stream ended after an in-band error record.
+    ended: bool,
 }
 
 impl Tapped {
-    /// Wraps `inner`; `scan` says whether to read token counts from it.
-    pub fn new(inner: Incoming, scan: bool, lease: Lease, accounting: Accounting) -> Tapped {
+    /// Wraps `inner`; `scan` says whether to read token counts from it; `framing`,
+    /// how to end it with an error record if the upstream fails mid-stream (without
+    /// one, the response is cut off).
+    pub fn new(
+        inner: Incoming,
+        scan: bool,
+        framing: Option<Framing>,
+        lease: Lease,
+        accounting: Accounting,
+    ) -> Tapped {
         accounting.state.metrics.streams.inc();
         Tapped {
             inner,
@@ -103,7 +162,30 @@ impl Tapped {
             idle: Idle::new(accounting.state.config.idle_timeout),
             lease: Some(lease),
             accounting: Some(accounting),
+            framing,
+            ended: false,
         }
+    }
+
+    /// The response failed midway with `message`: one error record, then the end, when
+    /// the framing allows; else the error, which cuts the response off.
+    fn fail(&mut self, message: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.finish();
+        match self.framing {
+            Some(framing) => {
+                self.ended = true;
+                Poll::Ready(Some(Ok(Frame::data(framing.error(&message)))))
+            }
+            None => Poll::Ready(Some(Err(message.into()))),
+        }
+    }
+
+    /// The host's name, for messages.
+    fn host(&self) -> String {
+        self.accounting
+            .as_ref()
+            .and_then(|a| a.slot.as_ref())
+            .map_or_else(String::new, |s| format!(" {}", s.host().name))
     }
 
     /// The body was read to the end: its connection can carry another request.
@@ -135,6 +217,9 @@ impl HttpBody for Tapped {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let ended = this.inner.is_end_stream();
@@ -154,11 +239,10 @@ impl HttpBody for Tapped {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                // Once per response: the upstream died or reset mid-stream; the client
-                // sees its response end early.
-                tracing::warn!("upstream ended a response early: {e}");
-                this.finish();
-                Poll::Ready(Some(Err(e.into())))
+                // Once per response: the upstream died or reset mid-stream.
+                let host = this.host();
+                tracing::warn!("host{host} ended a response early: {e}");
+                this.fail(format!("aigate: the model host{host} failed mid-response"))
             }
             Poll::Ready(None) => {
                 this.release();
@@ -166,22 +250,25 @@ impl HttpBody for Tapped {
                 Poll::Ready(None)
             }
             Poll::Pending if this.idle.expired(cx) => {
-                this.finish();
-                tracing::warn!(
-                    "upstream idle for {:?}, ending the response",
-                    this.idle.timeout()
-                );
-                Poll::Ready(Some(Err("upstream idle timeout".into())))
+                let (host, timeout) = (this.host(), this.idle.timeout());
+                tracing::warn!("host{host} idle for {timeout:?}, ending the response");
+                this.fail(format!(
+                    "aigate: the model host{host} sent nothing for {timeout:?}"
+                ))
             }
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.framing.is_some() {
+            // An error record may follow.
+            return SizeHint::default();
+        }
         self.inner.size_hint()
     }
 }

@@ -74,6 +74,22 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Whether the request may be sent to another host: it failed to connect, or the
+    /// connection failed before a response head (so no byte went back to the client).
+    /// Not after the response timeout: the host is there and may be loading the model,
+    /// which another host would then load as well.
+    pub fn may_fail_over(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::ConnectTimeout(_) | UpstreamError::Connect(..) | UpstreamError::Http(..)
+        )
+    }
+
+    /// Whether the host refused the connection: nothing listens there.
+    pub fn refused(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_, e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    }
+
     /// Whether the client should see a 504 rather than a 502.
     pub fn is_timeout(&self) -> bool {
         matches!(
@@ -83,14 +99,21 @@ impl UpstreamError {
     }
 }
 
+/// The idle connections of one worker (or the prober) to one host.
 #[derive(Default)]
-struct Idle {
+pub struct Idle {
     senders: Mutex<Vec<SendRequest<Body>>>,
 }
 
-/// The pool of one worker.
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Idle")
+    }
+}
+
+/// How one worker (or the prober) connects to hosts; the idle connections themselves
+/// are kept per host ([`Idle`]).
 pub struct Pool {
-    idle: Vec<Arc<Idle>>,
     connect_timeout: Duration,
     response_timeout: Duration,
 }
@@ -122,27 +145,27 @@ impl Lease {
 }
 
 impl Pool {
-    /// A pool for `upstreams` (indexed as in the config).
-    pub fn new(upstreams: usize, connect_timeout: Duration, response_timeout: Duration) -> Pool {
+    /// A pool with these timeouts.
+    pub fn new(connect_timeout: Duration, response_timeout: Duration) -> Pool {
         Pool {
-            idle: (0..upstreams).map(|_| Arc::default()).collect(),
             connect_timeout,
             response_timeout,
         }
     }
 
-    /// Sends `req` to upstream `index`, waiting at most the response timeout for its
-    /// head (a model may take minutes to load; after the head, the idle timeout rules).
+    /// Sends `req` to `up` on one of the `idle` connections or a new one, waiting at
+    /// most the response timeout for its head (a model may take minutes to load; after
+    /// the head, the idle timeout rules).
     pub async fn send(
         &self,
         metrics: &Metrics,
-        index: usize,
         up: &Upstream,
+        idle: &Arc<Idle>,
         req: Request<Body>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         let started = Instant::now();
         let result =
-            tokio::time::timeout(self.response_timeout, self.send_now(index, up, req)).await;
+            tokio::time::timeout(self.response_timeout, self.send_now(up, idle, req)).await;
         metrics
             .upstream_latency
             .observe(started.elapsed().as_secs_f64());
@@ -154,14 +177,14 @@ impl Pool {
         })
     }
 
-    /// Sends `req` to upstream `index` on an idle connection, or a new one.
+    /// Sends `req` to `up` on an idle connection, or a new one.
     async fn send_now(
         &self,
-        index: usize,
         up: &Upstream,
+        idle: &Arc<Idle>,
         mut req: Request<Body>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
-        let idle = self.idle[index].clone();
+        let idle = idle.clone();
         // Idle connections first; one the upstream closed meanwhile hands the request
         // back unsent, and the next one is tried.
         loop {

@@ -190,6 +190,8 @@ struct Shared {
     opts: FakeOptions,
     addr: SocketAddr,
     requests: Mutex<Vec<Recorded>>,
+    /// Requests from the gate's prober.
+    probes: AtomicUsize,
     cancelled: AtomicUsize,
     completed: AtomicUsize,
     gpu: Mutex<Gpu>,
@@ -243,6 +245,7 @@ impl FakeOllama {
             opts,
             addr: listener.local_addr()?,
             requests: Mutex::new(Vec::new()),
+            probes: AtomicUsize::new(0),
             cancelled: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
             gpu: Mutex::new(Gpu::default()),
@@ -273,6 +276,11 @@ impl FakeOllama {
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.shared.requests).clone()
+    }
+
+    /// Requests the gate's prober sent (not in [`FakeOllama::requests`]).
+    pub fn probes(&self) -> usize {
+        self.shared.probes.load(Ordering::SeqCst)
     }
 
     /// Streamed responses whose body was dropped before the last frame was produced.
@@ -373,8 +381,16 @@ async fn handle(
             )
         })
         .collect();
-    // `/fake/*` is the harness asking the fake, not traffic to record.
-    if !parts.uri.path().starts_with("/fake/") {
+    // `/fake/*` is the harness asking the fake, and the gate's probes (which say so in
+    // their User-Agent) are its own; neither is traffic to record.
+    let probe = parts
+        .headers
+        .get(hyper::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.starts_with("aigate/") && ua.ends_with("(probe)"));
+    if probe {
+        shared.probes.fetch_add(1, Ordering::SeqCst);
+    } else if !parts.uri.path().starts_with("/fake/") {
         lock(&shared.requests).push(Recorded {
             method: parts.method.to_string(),
             path_and_query: path_and_query.clone(),

@@ -119,7 +119,8 @@ pub struct Gate {
 
 impl Gate {
     /// Starts `aigate serve` on 127.0.0.1:0 with `args`, the test JWT secret in the
-    /// environment, and waits for its start line.
+    /// environment, and waits for its start line. An empty `upstream` gives no
+    /// `--upstream` (the gate serves the stored hosts).
     pub fn start(db: &Path, upstream: &str, args: &[&str]) -> Gate {
         Self::start_with_env(db, upstream, args, &[("AIGATE_JWT_SECRET", SECRET)])
     }
@@ -132,8 +133,11 @@ impl Gate {
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
-            .arg("--upstream")
-            .arg(upstream)
+            .args(if upstream.is_empty() {
+                vec![]
+            } else {
+                vec!["--upstream", upstream]
+            })
             .args(args)
             .env_remove("AIGATE_JWT_SECRET")
             .env("AIGATE_LOG", "info,aigate=debug")
