@@ -358,6 +358,18 @@ def kill_run(args, target, seq):
     for s in streams:
         s.thread.join(max(0.0, t_kill + args.stream_idle + 5 - now()))
     poller.done = True
+    # A request for the model only the dead victim has: SPEC §6 answers 502 (every host
+    # that has it is down).
+    conn = target.connect(10)
+    try:
+        body = json.dumps({"model": args.stream_model, "prompt": "after", "stream": False})
+        conn.request("POST", "/api/generate", body=body, headers=target.headers)
+        resp = conn.getresponse()
+        orphan = (resp.status, resp.read()[:120].decode("utf-8", "replace"))
+    except (OSError, http.client.HTTPException) as e:
+        orphan = (0, f"{type(e).__name__}: {e}")
+    finally:
+        conn.close()
 
     kill_rel = t_kill - replay.t0
     down_rel = poller.down_at - replay.t0 if poller.down_at is not None else None
@@ -385,6 +397,7 @@ def kill_run(args, target, seq):
     for name, group in (("before_kill", before), ("kill_to_down", between), ("after_down", after)):
         if group:
             emit("kill-failures", {"when": name, "reasons": json.dumps(reasons(group, 5))})
+    emit("orphan", {"status": orphan[0], "body": json.dumps(orphan[1])})
     for k, s in enumerate(streams):
         emit("stream", {
             "n": k + 1,
