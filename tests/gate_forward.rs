@@ -530,8 +530,9 @@ async fn upstream_down_then_up_without_restart() {
     let gate = Gate::start(&db.path, &format!("http://{addr}"), &["--no-login"]);
     // The start says so, once, before any request.
     let said = support::gate::eventually(Duration::from_secs(2), || async {
-        gate.logs()
-            .contains(&format!("host {addr} (http://{addr}) did not answer"))
+        gate.logs().contains(&format!(
+            "host {addr} (http://{addr}) did not answer its first probe"
+        ))
     })
     .await;
     assert!(said.is_some(), "{}", gate.logs());

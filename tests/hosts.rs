@@ -624,3 +624,48 @@ async fn a_stream_on_a_dying_host_ends_with_an_error() {
         );
     }
 }
+
+/// A client whose request body stalls gets its 408, and the host it was streaming to
+/// is not counted as failing: others' requests still reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_body_does_not_mark_the_host_down() {
+    use tokio::io::AsyncWriteExt;
+    let fake = FakeOllama::start(installed(&["m"])).await;
+    let db = Db::new();
+    let (_, key) = db.key(&["--tier", "admin"]);
+    let gate = Gate::start(
+        &db.path,
+        &fake.url(),
+        &[
+            "--no-login",
+            "--body-timeout",
+            "1s",
+            "--probe-interval",
+            "1h",
+        ],
+    );
+    let stall = |key: String| {
+        let addr = gate.addr;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let head = format!(
+                "POST /api/generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"model\":"
+            );
+            s.write_all(head.as_bytes()).await.expect("write");
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(
+                PATIENCE,
+                tokio::io::AsyncReadExt::read_to_end(&mut s, &mut answer),
+            )
+            .await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let (a, b, c) = tokio::join!(stall(key.clone()), stall(key.clone()), stall(key.clone()));
+    for answer in [a, b, c] {
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    let r = post(&gate.url("/api/generate"), &key, &generate("m")).await;
+    assert_eq!(r.status, 200, "the host is not down: {}", r.text());
+}

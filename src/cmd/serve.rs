@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use crate::auth::jwt::JwtKeys;
 use crate::cli::ServeArgs;
 use crate::gate::authn::Verifier;
-use crate::gate::fleet::{Fleet, join_all, probe};
+use crate::gate::fleet::{Fleet, probe};
 use crate::gate::recorder::{self, DbThread, Recorder};
 use crate::gate::server::Connections;
 use crate::gate::upstream::Pool;
@@ -257,19 +257,7 @@ fn start(plan: Plan) -> anyhow::Result<()> {
                 .and_then(|l| l.local_addr().ok())
                 .map_or("off".to_string(), |a| format!("http://{a}/metrics")),
         );
-        // The first probe of every host, before the prober takes over: a gate in
-        // front of nothing otherwise looks healthy until the first request's 502.
         let pool = Arc::new(Pool::new(config.connect_timeout, config.response_timeout));
-        let first = hosts.hosts.iter().map(|h| probe::check(&pool, h));
-        for (host, result) in hosts.hosts.iter().zip(join_all(first).await) {
-            if let Err(e) = result {
-                tracing::warn!(
-                    "host {} (http://{}) did not answer ({e}); it gets no requests until it does",
-                    host.name,
-                    host.upstream.authority
-                );
-            }
-        }
         tokio::spawn(probe::run(fleet.clone(), pool, config.probe_interval));
         if let Some(ml) = metrics_listener {
             let mut rx = stop_rx.clone();

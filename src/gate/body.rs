@@ -126,6 +126,29 @@ pub struct Set {
     pub keep_alive: bool,
     pub max_tokens: bool,
     pub max_completion_tokens: bool,
+    /// llama.cpp's own generation limit, read before `max_tokens`.
+    pub n_predict: bool,
+    /// The Responses API's limit.
+    pub max_output_tokens: bool,
+}
+
+/// Whether Go's JSON decoder takes `key` for the field `name` (lowercase ASCII): it
+/// compares names by simple case folding, so besides ASCII case, the Kelvin sign
+/// (U+212A) is a `k` and the long s (U+017F) an `s`.
+pub fn go_key_eq(key: &str, name: &str) -> bool {
+    let mut want = name.bytes();
+    for c in key.chars() {
+        let folded = match c {
+            '\u{212A}' => b'k',
+            '\u{017F}' => b's',
+            c if c.is_ascii() => (c as u8).to_ascii_lowercase(),
+            _ => return false,
+        };
+        if want.next() != Some(folded) {
+            return false;
+        }
+    }
+    want.next().is_none()
 }
 
 /// The [`Fields`] of a JSON body, read as Ollama will read it: Go's decoder matches
@@ -145,6 +168,8 @@ pub fn fields_of(body: &[u8]) -> Result<Fields, serde_json::Error> {
         KeepAlive,
         MaxTokens,
         MaxCompletionTokens,
+        NPredict,
+        MaxOutputTokens,
         Other,
     }
     struct KeySeed;
@@ -160,7 +185,7 @@ pub fn fields_of(body: &[u8]) -> Result<Fields, serde_json::Error> {
             f.write_str("a key")
         }
         fn visit_str<E>(self, k: &str) -> Result<Key, E> {
-            let is = |name: &str| k.eq_ignore_ascii_case(name);
+            let is = |name: &str| go_key_eq(k, name);
             // `name` is the older spelling Ollama still accepts (`/api/show`).
             Ok(if is("model") || is("name") {
                 Key::Model
@@ -172,6 +197,10 @@ pub fn fields_of(body: &[u8]) -> Result<Fields, serde_json::Error> {
                 Key::MaxTokens
             } else if is("max_completion_tokens") {
                 Key::MaxCompletionTokens
+            } else if is("n_predict") {
+                Key::NPredict
+            } else if is("max_output_tokens") {
+                Key::MaxOutputTokens
             } else {
                 Key::Other
             })
@@ -238,6 +267,8 @@ pub fn fields_of(body: &[u8]) -> Result<Fields, serde_json::Error> {
                     Key::KeepAlive => &mut set.keep_alive,
                     Key::MaxTokens => &mut set.max_tokens,
                     Key::MaxCompletionTokens => &mut set.max_completion_tokens,
+                    Key::NPredict => &mut set.n_predict,
+                    Key::MaxOutputTokens => &mut set.max_output_tokens,
                     Key::Other => {
                         map.next_value::<IgnoredAny>()?;
                         continue;
@@ -292,5 +323,9 @@ mod tests {
         let s = set(r#"{"OPTIONS":{},"keep_alive":"5m","max_tok\u0065ns":3}"#);
         assert!(s.options && s.keep_alive && s.max_tokens && !s.max_completion_tokens);
         assert!(set(r#"{"Max_Completion_Tokens":null}"#).max_completion_tokens);
+        // Go's folding: the Kelvin sign is a k, the long s an s.
+        let s = set(r#"{"max_to\u212Aens":1,"option\u017F":{},"N_Predict":2}"#);
+        assert!(s.max_tokens && s.options && s.n_predict);
+        assert!(!set(r#"{"max_tökens":1}"#).max_tokens);
     }
 }

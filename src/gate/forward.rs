@@ -53,20 +53,19 @@ pub async fn forward(
         authz::check_models(state, principal, &models)?;
     }
     let fleet = state.fleet.snapshot();
+    // The path as Ollama's router reads it (`route::classify` refused any other).
+    let path = route::percent_decoded(parts.uri.path()).unwrap_or_default();
+    let path: &str = &path;
     // A management request goes to the host it names, and only there.
     let named = match route {
         Route::Management => Some(named_host(&fleet, &parts.headers)?),
         _ => None,
     };
-    let serving = fleet
-        .hosts
-        .iter()
-        .filter(|h| h.serves(parts.uri.path()))
-        .count();
+    let serving = fleet.hosts.iter().filter(|h| h.serves(path)).count();
     let several = named.is_none() && serving > 1;
     let quota = principal.limits.tokens_per_day;
-    let api = rewrite::Api::of_path(parts.uri.path());
-    let pinned = api.is_some_and(|a| a != rewrite::Api::OpenAi) && !fleet.pins.is_empty();
+    let api = rewrite::Api::of_path(path);
+    let pinned = api.is_some_and(rewrite::Api::takes_pins) && !fleet.pins.is_empty();
     let has_body = !matches!(parts.method, Method::GET | Method::HEAD) || declared.is_some();
     // The body is read whole only when it must be looked at (the model allow-list, a
     // daily token quota to cap generation to, the model to choose a host by or to
@@ -121,35 +120,32 @@ pub async fn forward(
     }
     if route == Route::Model {
         // `/v1/models/{id}`: the id is the model.
-        let id = parts.uri.path().trim_start_matches("/v1/models/");
-        model = route::percent_decoded(id).map(|m| m.into_owned());
+        model = Some(path.trim_start_matches("/v1/models/").to_string());
     }
     if route == Route::Models && several {
-        return merged_models(state, &fleet, &parts, admitted).await;
+        return merged_models(state, &fleet, path, admitted).await;
     }
     let management = named.is_some();
-    let hosts = match named {
-        Some(host) => vec![host],
-        None if !several => fleet
-            .hosts
-            .iter()
-            .filter(|h| h.serves(parts.uri.path()))
-            .cloned()
-            .collect(),
+    let chosen: Vec<Arc<Host>>;
+    let hosts: &[Arc<Host>] = match &named {
+        Some(host) => std::slice::from_ref(host),
+        // One host serves the route: it answers for itself (an unknown model too), as
+        // long as it is up and not drained.
+        None if !several => {
+            let one = fleet.hosts.iter().find(|h| h.serves(path));
+            match one {
+                Some(h) if h.usable() && !h.draining() => std::slice::from_ref(h),
+                Some(_) => return Err(no_host(NoHost::AllDown, None)),
+                None => return Err(no_host(NoHost::NoRoute, None)),
+            }
+        }
         None => {
             let key = model.as_deref().map(model_key);
-            choose(
-                &fleet.hosts,
-                parts.uri.path(),
-                key.as_deref(),
-                state.fleet.turn(),
-            )
-            .map_err(|e| no_host(e, model.as_deref()))?
+            chosen = choose(&fleet.hosts, path, key.as_deref(), state.fleet.turn())
+                .map_err(|e| no_host(e, model.as_deref()))?;
+            &chosen
         }
     };
-    if hosts.is_empty() {
-        return Err(no_host(NoHost::NoRoute, None));
-    }
     let peer_trusted = state
         .config
         .trusted_proxies
@@ -168,9 +164,10 @@ pub async fn forward(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     // Failover: a request whose body can be sent again goes to the next host when this
     // one failed before any byte went back. Management requests are never retried.
-    let mut tries = hosts.iter().peekable();
-    let (resp, lease, slot) = loop {
-        let Some(host) = tries.next() else {
+    let mut tries = hosts.iter().enumerate().peekable();
+    let (mut method, mut target) = (Some(method), Some(target));
+    let (resp, lease, slot, host) = loop {
+        let Some((n, host)) = tries.next() else {
             return Err(GateError::HostsDown);
         };
         let again = whole.is_some() && !management && tries.peek().is_some();
@@ -180,26 +177,34 @@ pub async fn forward(
             (None, None) => return Err(GateError::HostsDown),
         };
         let mut req = Request::new(body);
-        *req.method_mut() = method.clone();
-        *req.uri_mut() = Uri::from(target.clone());
+        // The last try takes what the others copy.
+        *req.method_mut() = copy_or_take(&mut method, again).unwrap_or_default();
+        *req.uri_mut() = Uri::from(
+            copy_or_take(&mut target, again).unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
         *req.headers_mut() = if again {
             headers.clone()
         } else {
             std::mem::take(&mut headers)
         };
-        req.headers_mut()
-            .insert(header::HOST, host.upstream.host.clone());
-        let slot = host.take_slot();
+        if n > 0 {
+            req.headers_mut()
+                .insert(header::HOST, host.upstream.host.clone());
+        }
+        // Generation holds a slot; a model list or a pull does not.
+        let slot = (route == Route::Proxy).then(|| host.take_slot());
+        host.metrics.requests.inc();
         let idle = host.idle(state.worker);
         match state
             .pool
             .send(&state.metrics, &host.upstream, idle, req)
             .await
         {
-            Ok((resp, lease)) => break (resp, lease, slot),
+            Ok((resp, lease)) => break (resp, lease, slot, host.clone()),
             Err(e) => {
-                let down = host.failed(e.refused());
-                if down {
+                // A client whose body stalls or breaks off must not make the host look
+                // down to everyone else.
+                if !e.is_client_body() && host.failed(e.refused()) {
                     tracing::warn!("host {} is down: {e}", host.name);
                 }
                 if again && e.may_fail_over() {
@@ -211,7 +216,6 @@ pub async fn forward(
             }
         }
     };
-    let host = slot.host().clone();
     if host.succeeded() {
         tracing::info!("host {} is up again", host.name);
     }
@@ -222,7 +226,7 @@ pub async fn forward(
         admitted,
         model,
         request_bytes,
-        slot: Some(slot),
+        slot,
     };
     let filter_list = route == Route::Models && head.status.is_success();
     if filter_list && accounting.admitted.caller().models.is_some() {
@@ -236,6 +240,11 @@ pub async fn forward(
     }
     let body = Tapped::new(upstream_body, scan, framing, lease, accounting);
     Ok(Response::from_parts(head, body.boxed()))
+}
+
+/// A copy of `v` when it is needed again, else `v` itself.
+fn copy_or_take<T: Clone>(v: &mut Option<T>, again: bool) -> Option<T> {
+    if again { v.clone() } else { v.take() }
 }
 
 /// The host a management request names in `X-Aigate-Host`: required when there are
@@ -289,10 +298,10 @@ fn no_host(e: NoHost, model: Option<&str>) -> GateError {
 async fn merged_models(
     state: &Arc<State>,
     fleet: &Snapshot,
-    parts: &hyper::http::request::Parts,
+    path: &str,
     admitted: Admitted<Principal>,
 ) -> Result<Response<Body>, GateError> {
-    let path: &'static str = match parts.uri.path() {
+    let path: &'static str = match path {
         "/api/tags" => "/api/tags",
         "/api/ps" => "/api/ps",
         _ => "/v1/models",

@@ -6,7 +6,9 @@
 
 use bytes::Bytes;
 
-use super::body::Set;
+use serde_json::value::RawValue;
+
+use super::body::{Set, go_key_eq};
 
 /// Which API a route speaks, if it is one the gate writes into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +20,8 @@ pub enum Api {
     Embed,
     /// `/v1/chat/completions`, `/v1/completions`: `max_tokens`.
     OpenAi,
+    /// `/v1/responses`: `max_output_tokens`.
+    Responses,
 }
 
 impl Api {
@@ -27,8 +31,14 @@ impl Api {
             "/api/generate" | "/api/chat" => Some(Api::Generate),
             "/api/embed" | "/api/embeddings" => Some(Api::Embed),
             "/v1/chat/completions" | "/v1/completions" => Some(Api::OpenAi),
+            "/v1/responses" => Some(Api::Responses),
             _ => None,
         }
+    }
+
+    /// Whether the route takes pinned options (Ollama's own API).
+    pub fn takes_pins(self) -> bool {
+        matches!(self, Api::Generate | Api::Embed)
     }
 
     /// Whether the route generates, so that a token quota caps it.
@@ -58,7 +68,7 @@ impl Edits {
                 max_tokens: None,
                 ..self
             },
-            Api::OpenAi => Edits {
+            Api::OpenAi | Api::Responses => Edits {
                 max_tokens: self.max_tokens,
                 ..Edits::default()
             },
@@ -78,33 +88,39 @@ impl Edits {
 /// `None`: the body needs no change (not a JSON object, nothing to write, already
 /// within the cap).
 pub fn rewrite(body: &[u8], api: Api, set: Set, edits: Edits) -> Option<Bytes> {
-    use serde_json::value::RawValue;
     use serde_json::{Map, Value};
-    use std::collections::BTreeMap;
     let edits = edits.for_api(api);
     if edits.is_empty() {
         return None;
     }
-    let ollama = api != Api::OpenAi;
+    let ollama = matches!(api, Api::Generate | Api::Embed);
     let touches_options = edits.max_tokens.is_some() || edits.num_ctx.is_some();
-    let conflicts = if ollama {
-        (touches_options && set.options) || (edits.keep_alive.is_some() && set.keep_alive)
-    } else {
-        set.max_tokens || set.max_completion_tokens
+    let conflicts = match api {
+        Api::Generate | Api::Embed => {
+            (touches_options && set.options) || (edits.keep_alive.is_some() && set.keep_alive)
+        }
+        Api::OpenAi => set.max_tokens || set.max_completion_tokens || set.n_predict,
+        Api::Responses => set.max_output_tokens,
     };
-    if !conflicts && let Some(appended) = appended(body, ollama, edits) {
+    if !conflicts && let Some(appended) = appended(body, api, edits) {
         return Some(appended);
     }
-    // Only the top level is parsed; every value stays the text it came as (the
-    // messages above all), so the rewrite costs little more than a copy. Of duplicate
-    // keys the last is kept, as Go keeps it.
-    let mut doc: BTreeMap<String, &RawValue> = serde_json::from_slice(body).ok()?;
+    // Only the top level is parsed, in order and with its duplicates; every value
+    // stays the text it came as (the messages above all), so the rewrite costs little
+    // more than a copy.
+    let mut doc = top_level(body)?;
     let cap = edits.max_tokens.map(|n| n.min(i64::MAX as u64) as i64);
-    let spellings = |doc: &BTreeMap<String, &RawValue>, key: &str| -> Vec<String> {
-        doc.keys()
-            .filter(|k| k.eq_ignore_ascii_case(key))
-            .cloned()
-            .collect()
+    // The values of every spelling of `key` Go's decoder takes, in order; removed.
+    let take = |doc: &mut Vec<(String, &RawValue)>, key: &str| -> Vec<String> {
+        let mut taken = Vec::new();
+        doc.retain(|(k, v)| {
+            let hit = go_key_eq(k, key);
+            if hit {
+                taken.push(v.get().to_string());
+            }
+            !hit
+        });
+        taken
     };
     // The value to send for a limit (at most `cap`), given the client's.
     let limit = |cap: i64, current: Option<i64>| match current {
@@ -112,74 +128,66 @@ pub fn rewrite(body: &[u8], api: Api, set: Set, edits: Edits) -> Option<Bytes> {
         Some(n) if n > 0 && n <= cap => n,
         _ => cap,
     };
-    let mut written: Vec<(String, String)> = Vec::new();
+    let mut written: Vec<(&str, String)> = Vec::new();
     if ollama {
         if touches_options {
+            // Go decodes each spelling into the same map, later keys over earlier.
             let mut options = Map::new();
-            for k in spellings(&doc, "options") {
-                if let Some(raw) = doc.remove(&k)
-                    && let Ok(Value::Object(o)) = serde_json::from_str::<Value>(raw.get())
-                {
+            for raw in take(&mut doc, "options") {
+                if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(&raw) {
                     options.extend(o);
                 }
             }
-            let mut take = |key: &str| -> Option<i64> {
-                let given: Vec<String> = options
-                    .keys()
-                    .filter(|k| k.eq_ignore_ascii_case(key))
-                    .cloned()
-                    .collect();
-                let current = given
-                    .iter()
-                    .filter_map(|k| options.get(k))
-                    .filter_map(Value::as_i64)
-                    .next_back();
-                for k in &given {
-                    options.remove(k);
-                }
-                current
-            };
-            let predicted = take("num_predict");
-            let ctx = take("num_ctx");
-            match cap {
-                Some(cap) => {
-                    options.insert("num_predict".into(), Value::from(limit(cap, predicted)));
-                }
-                None => {
-                    if let Some(n) = predicted {
-                        options.insert("num_predict".into(), Value::from(n));
-                    }
-                }
+            // Ollama reads options by their exact names; other spellings it ignores,
+            // and so does the gate.
+            if let Some(cap) = cap {
+                let asked = options.get("num_predict").and_then(Value::as_i64);
+                options.insert("num_predict".into(), Value::from(limit(cap, asked)));
             }
-            if let Some(n) = edits.num_ctx.map(i64::from).or(ctx) {
+            if let Some(n) = edits.num_ctx {
                 options.insert("num_ctx".into(), Value::from(n));
             }
-            written.push(("options".into(), Value::Object(options).to_string()));
+            written.push(("options", Value::Object(options).to_string()));
         }
         if let Some(secs) = edits.keep_alive {
-            for k in spellings(&doc, "keep_alive") {
-                doc.remove(&k);
-            }
-            written.push(("keep_alive".into(), secs.to_string()));
+            take(&mut doc, "keep_alive");
+            written.push(("keep_alive", secs.to_string()));
         }
     } else if let Some(cap) = cap {
-        for (key, always) in [("max_tokens", true), ("max_completion_tokens", false)] {
-            let given = spellings(&doc, key);
+        let mut changed = false;
+        // `n_predict` is llama.cpp's own name, which it reads before `max_tokens`.
+        let keys: &[(&str, bool)] = if api == Api::Responses {
+            &[("max_output_tokens", true)]
+        } else {
+            &[
+                ("max_tokens", true),
+                ("max_completion_tokens", false),
+                ("n_predict", false),
+            ]
+        };
+        for &(key, always) in keys {
+            let spellings: Vec<&str> = doc
+                .iter()
+                .filter(|(k, _)| go_key_eq(k, key))
+                .map(|(k, _)| k.as_str())
+                .collect();
+            let exact_one = spellings == [key];
+            let given = take(&mut doc, key);
+            // Go keeps the last value it reads.
             let current = given
                 .iter()
-                .filter_map(|k| doc.get(k))
-                .filter_map(|raw| raw.get().parse::<i64>().ok())
+                .filter_map(|v| v.parse::<i64>().ok())
                 .next_back();
-            let n = limit(cap, current);
-            if (given.is_empty() && !always)
-                || (given.len() == 1 && given[0] == key && current == Some(n))
-            {
+            if given.is_empty() && !always {
                 continue;
             }
-            for k in &given {
-                doc.remove(k);
-            }
-            written.push((key.into(), n.to_string()));
+            let n = limit(cap, current);
+            changed |= !(exact_one && current == Some(n));
+            written.push((key, n.to_string()));
+        }
+        if !changed {
+            // Every limit is already within the cap, spelled once and exactly.
+            return None;
         }
     }
     if written.is_empty() {
@@ -190,7 +198,7 @@ pub fn rewrite(body: &[u8], api: Api, set: Set, edits: Edits) -> Option<Bytes> {
     let fields = doc
         .iter()
         .map(|(k, v)| (k.as_str(), v.get()))
-        .chain(written.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        .chain(written.iter().map(|(k, v)| (*k, v.as_str())));
     for (i, (k, v)) in fields.enumerate() {
         if i > 0 {
             out.push(b',');
@@ -203,10 +211,34 @@ pub fn rewrite(body: &[u8], api: Api, set: Set, edits: Edits) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
+/// The top level of a JSON object: its keys (unescaped) and raw values, in order, with
+/// duplicates.
+fn top_level(body: &[u8]) -> Option<Vec<(String, &RawValue)>> {
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    struct Pairs;
+    impl<'de> Visitor<'de> for Pairs {
+        type Value = Vec<(String, &'de RawValue)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut pairs = Vec::new();
+            while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                pairs.push(entry);
+            }
+            Ok(pairs)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let pairs = de.deserialize_map(Pairs).ok()?;
+    de.end().ok()?;
+    Some(pairs)
+}
+
 /// The edits for a body that sets none of the keys they write, made without parsing:
 /// the fields appended before the object's closing brace. `None` when the body does not
 /// end its object.
-fn appended(body: &[u8], ollama: bool, edits: Edits) -> Option<Bytes> {
+fn appended(body: &[u8], api: Api, edits: Edits) -> Option<Bytes> {
     let inner = body.trim_ascii_end().strip_suffix(b"}")?.trim_ascii_end();
     let mut out = Vec::with_capacity(inner.len() + 64);
     out.extend_from_slice(inner);
@@ -219,9 +251,16 @@ fn appended(body: &[u8], ollama: bool, edits: Edits) -> Option<Bytes> {
         out.extend_from_slice(text);
     };
     let mut digits = itoa::Buffer::new();
-    if !ollama {
+    if let Api::OpenAi | Api::Responses = api {
         let cap = edits.max_tokens?.min(i64::MAX as u64);
-        field(&mut out, br#""max_tokens":"#);
+        field(
+            &mut out,
+            if api == Api::Responses {
+                br#""max_output_tokens":"#
+            } else {
+                br#""max_tokens":"#
+            },
+        );
         out.extend_from_slice(digits.format(cap).as_bytes());
     } else {
         if edits.max_tokens.is_some() || edits.num_ctx.is_some() {
@@ -277,7 +316,21 @@ mod tests {
             "/api/generate",
         )
         .expect("capped");
-        assert_eq!(v["options"], serde_json::json!({"num_predict": 100}));
+        // Inside `options` Ollama reads exact names only: other spellings stay, unread.
+        assert_eq!(
+            v["options"],
+            serde_json::json!({"NUM_PREDICT": -1, "num_predict": 100})
+        );
+        // Spellings of `options` merge in order, later keys over earlier, as in Go.
+        let v = cap(
+            r#"{"model":"m","options":{"seed":1,"num_predict":9},"Option\u017F":{"seed":2}}"#,
+            "/api/chat",
+        )
+        .expect("capped");
+        assert_eq!(
+            v["options"],
+            serde_json::json!({"seed": 2, "num_predict": 9})
+        );
         let v = cap(r#"{"model":"m"}"#, "/api/generate").expect("capped");
         assert_eq!(v["options"]["num_predict"], 100);
         let v =
@@ -288,7 +341,8 @@ mod tests {
             "/v1/chat/completions",
         )
         .expect("capped");
-        assert_eq!(v["max_tokens"], 100);
+        // Go keeps the last value it reads: 1, within the cap, written once.
+        assert_eq!(v["max_tokens"], 1);
         assert!(v.get("Max_Tokens").is_none());
         let v = cap(
             r#"{"model":"m","max_completion_tokens":900}"#,
@@ -319,6 +373,23 @@ mod tests {
             &raw(r#"{"model":"m","messages":[]}"#, "/v1/chat/completions")[..],
             br#"{"model":"m","messages":[],"max_tokens":100}"#
         );
+        assert_eq!(
+            &raw(r#"{"model":"m","input":"hi"}"#, "/v1/responses")[..],
+            br#"{"model":"m","input":"hi","max_output_tokens":100}"#
+        );
+        let v = cap(r#"{"model":"m","max_output_tokens":5000}"#, "/v1/responses").expect("capped");
+        assert_eq!(v["max_output_tokens"], 100);
+        // llama.cpp's `n_predict` is capped too; a Kelvin-sign spelling is Go's `k`.
+        let v = cap(
+            r#"{"model":"m","n_predict":-1,"max_tokens":1,"max_to\u212Aens":900}"#,
+            "/v1/chat/completions",
+        )
+        .expect("capped");
+        assert_eq!(
+            (v["n_predict"].clone(), v["max_tokens"].clone()),
+            (100.into(), 100.into())
+        );
+        assert_eq!(v.as_object().map(|o| o.len()), Some(3));
         // A key spelled with an escape is found all the same.
         let v = cap(r#"{"model":"m","m\u0061x_tokens":9000}"#, "/v1/completions").expect("capped");
         assert_eq!(v["max_tokens"], 100);
@@ -360,7 +431,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(
             v,
-            serde_json::json!({"model":"m","options":{"num_ctx":8192,"seed":1,"num_predict":3},"keep_alive":1800})
+            serde_json::json!({"model":"m","options":{"NUM_CTX":2048,"num_ctx":8192,"seed":1,"num_predict":3},"keep_alive":1800})
         );
         // Embeddings have no generation to cap; OpenAI's routes no pinned options.
         let out = edited(r#"{"model":"m","input":"x"}"#, "/api/embed", both).expect("pinned");

@@ -97,11 +97,12 @@ pub enum Framing {
 impl Framing {
     /// The framing of a response with these headers, if it is a stream of records.
     pub fn of(headers: &hyper::HeaderMap) -> Option<Framing> {
-        let ct = headers.get(hyper::header::CONTENT_TYPE)?.to_str().ok()?;
-        let ct = ct.split(';').next().unwrap_or_default().trim();
-        if ct.eq_ignore_ascii_case("application/x-ndjson") {
+        let ct = headers.get(hyper::header::CONTENT_TYPE)?.as_bytes();
+        let end = memchr::memchr(b';', ct).unwrap_or(ct.len());
+        let ct = ct[..end].trim_ascii();
+        if ct.eq_ignore_ascii_case(b"application/x-ndjson") {
             Some(Framing::Ndjson)
-        } else if ct.eq_ignore_ascii_case("text/event-stream") {
+        } else if ct.eq_ignore_ascii_case(b"text/event-stream") {
             Some(Framing::Sse)
         } else {
             None
@@ -142,6 +143,11 @@ pub struct Tapped {
     framing: Option<Framing>,
     /// The stream ended after an in-band error record.
     ended: bool,
+    /// The last byte passed on ended a line (or none was): an error record needs no
+    /// line break before it.
+    at_line_start: bool,
+    /// The last frame ended an SSE stream (`data: [DONE]`).
+    done: bool,
 }
 
 impl Tapped {
@@ -164,17 +170,40 @@ impl Tapped {
             accounting: Some(accounting),
             framing,
             ended: false,
+            at_line_start: true,
+            done: false,
         }
     }
 
     /// The response failed midway with `message`: one error record, then the end, when
     /// the framing allows; else the error, which cuts the response off.
     fn fail(&mut self, message: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // The final record came (Ollama's counts, OpenAI's usage or `[DONE]`): the
+        // answer is whole, and ends as if the host had ended it.
+        let whole = self.done || self.scanner.as_ref().is_some_and(Scanner::reported);
         self.finish();
         match self.framing {
+            _ if whole => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
             Some(framing) => {
                 self.ended = true;
-                Poll::Ready(Some(Ok(Frame::data(framing.error(&message)))))
+                let record = framing.error(&message);
+                let record = if self.at_line_start {
+                    record
+                } else {
+                    // After a cut-off line, the record starts a line of its own.
+                    let mut joined = Vec::with_capacity(record.len() + 2);
+                    joined.extend_from_slice(if framing == Framing::Sse {
+                        b"\n\n"
+                    } else {
+                        b"\n"
+                    });
+                    joined.extend_from_slice(&record);
+                    Bytes::from(joined)
+                };
+                Poll::Ready(Some(Ok(Frame::data(record))))
             }
             None => Poll::Ready(Some(Err(message.into()))),
         }
@@ -223,11 +252,20 @@ impl HttpBody for Tapped {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let ended = this.inner.is_end_stream();
-                if let (Some(sc), Some(data)) = (this.scanner.as_mut(), frame.data_ref()) {
-                    if ended {
-                        sc.feed_last(data);
-                    } else {
-                        sc.feed(data);
+                if let Some(data) = frame.data_ref()
+                    && !data.is_empty()
+                {
+                    if this.framing.is_some() {
+                        this.at_line_start = data.ends_with(b"\n");
+                        this.done = this.framing == Some(Framing::Sse)
+                            && data.trim_ascii_end().ends_with(b"data: [DONE]");
+                    }
+                    if let Some(sc) = this.scanner.as_mut() {
+                        if ended {
+                            sc.feed_last(data);
+                        } else {
+                            sc.feed(data);
+                        }
                     }
                 }
                 this.idle.touch();

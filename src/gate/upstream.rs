@@ -85,6 +85,12 @@ impl UpstreamError {
         )
     }
 
+    /// Whether the failure was the client's: its request body failed (it stalled, or
+    /// the client left mid-body). Such a failure says nothing of the host.
+    pub fn is_client_body(&self) -> bool {
+        matches!(self, UpstreamError::Http(_, e) if e.is_user())
+    }
+
     /// Whether the host refused the connection: nothing listens there.
     pub fn refused(&self) -> bool {
         matches!(self, UpstreamError::Connect(_, e) if e.kind() == std::io::ErrorKind::ConnectionRefused)

@@ -209,12 +209,15 @@ impl Host {
     pub fn take_slot(self: &Arc<Self>) -> Slot {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.metrics.in_flight.inc();
-        self.metrics.requests.inc();
         Slot(self.clone())
     }
 
     /// A probe or connection succeeded. Returns whether the host was down before.
     pub fn succeeded(&self) -> bool {
+        // The common case, every request: nothing to change.
+        if self.health.load(Ordering::Relaxed) == UP && self.failures.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
         self.failures.store(0, Ordering::Relaxed);
         self.metrics.up.set(1);
         self.health.swap(UP, Ordering::AcqRel) == DOWN

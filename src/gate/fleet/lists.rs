@@ -3,6 +3,7 @@
 //! fails to answer is left out; when none answers, the caller gets the error.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -13,7 +14,12 @@ use super::probe::{self, ProbeError};
 use crate::gate::metrics::Metrics;
 use crate::gate::upstream::Pool;
 
-/// `GET path` on every host of `hosts` at once, over worker `worker`'s connections.
+/// How long a host may take to list its models for a merged list; one that takes
+/// longer is left out.
+const LIST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET path` on every host of `hosts` at once, over worker `worker`'s connections,
+/// each within [`LIST_TIMEOUT`].
 pub async fn fetch_all(
     pool: &Pool,
     metrics: &Metrics,
@@ -21,11 +27,11 @@ pub async fn fetch_all(
     worker: usize,
     path: &'static str,
 ) -> Vec<Result<Bytes, ProbeError>> {
-    join_all(
-        hosts
-            .iter()
-            .map(|h| probe::get(pool, metrics, h, worker, path)),
-    )
+    join_all(hosts.iter().map(|h| async move {
+        tokio::time::timeout(LIST_TIMEOUT, probe::get(pool, metrics, h, worker, path))
+            .await
+            .unwrap_or(Err(ProbeError::TimedOut(LIST_TIMEOUT)))
+    }))
     .await
 }
 

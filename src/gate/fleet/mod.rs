@@ -190,7 +190,7 @@ impl Fleet {
         let mut specs = stored;
         for upstream in ups {
             let name = upstream.authority.to_string();
-            // A stored host of the same name is that host.
+            // A stored host of the same name is that host (and one given twice, once).
             if specs.iter().any(|s| s.name == name) {
                 continue;
             }

@@ -37,12 +37,15 @@ pub enum ProbeError {
     TimedOut(Duration),
 }
 
-/// Probes every host of `fleet` each `interval`, until the task is dropped.
+/// Probes every host of `fleet` each `interval`, the first round at once, until the
+/// task is dropped. A host that does not answer its first probe is said so in the log
+/// (a gate in front of nothing otherwise looks healthy until the first 502).
 pub async fn run(fleet: Arc<Fleet>, pool: Arc<Pool>, interval: Duration) {
     // The probes' own latencies are not the requests'.
     let metrics = Arc::new(Metrics::default());
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
     loop {
         tick.tick().await;
         let snapshot = fleet.snapshot();
@@ -50,38 +53,47 @@ pub async fn run(fleet: Arc<Fleet>, pool: Arc<Pool>, interval: Duration) {
             .hosts
             .iter()
             .map(|h| probe(&pool, &metrics, h, interval));
-        join_all(round).await;
+        let results = join_all(round).await;
+        if first {
+            first = false;
+            for (host, result) in snapshot.hosts.iter().zip(results) {
+                if let Err(e) = result {
+                    tracing::warn!(
+                        "host {} (http://{}) did not answer its first probe: {e}",
+                        host.name,
+                        host.upstream.authority
+                    );
+                }
+            }
+        }
     }
 }
 
-/// Probes `host` once, at start: the outcome recorded, and returned for the log.
-pub async fn check(pool: &Pool, host: &Host) -> Result<(), String> {
-    let metrics = Metrics::default();
-    probe(pool, &metrics, host, Duration::from_secs(5)).await
-}
-
-/// Probes `host` within `limit`; records and returns the outcome.
+/// Probes `host` within `limit` (at least a second); records and returns the outcome.
 async fn probe(pool: &Pool, metrics: &Metrics, host: &Host, limit: Duration) -> Result<(), String> {
-    let result = tokio::time::timeout(
-        limit.max(Duration::from_secs(1)),
-        models(pool, metrics, host),
-    )
-    .await
-    .unwrap_or(Err(ProbeError::TimedOut(limit)));
+    let limit = limit.max(Duration::from_secs(1));
+    let result = tokio::time::timeout(limit, models(pool, metrics, host))
+        .await
+        .unwrap_or(Err(ProbeError::TimedOut(limit)));
     let failed = result.as_ref().err().map(ToString::to_string);
     observe(host, result);
     failed.map_or(Ok(()), Err)
 }
 
 /// Records one probe's outcome on `host`, logging a change of health. A host that
-/// answers HTTP at all is up, even when its model list cannot be read (which then
-/// stays as it was).
+/// answers HTTP without a server error is up, even when its model list cannot be read
+/// (which then stays as it was).
 pub fn observe(host: &Host, result: Result<Models, ProbeError>) {
     let failure = match result {
         Ok(found) => {
             let loads = host.set_models(found);
             host.metrics.loads.inc_by(loads);
             None
+        }
+        // A server error (a proxy in front of a dead Ollama, say) is a failure; any
+        // other answer means the host is there.
+        Err(ProbeError::Status(path, status)) if status.is_server_error() => {
+            Some(ProbeError::Status(path, status))
         }
         Err(e @ (ProbeError::Status(..) | ProbeError::Unreadable(_))) => {
             tracing::debug!("host {}: {e}", host.name);
