@@ -136,6 +136,14 @@ pub struct Set {
 /// compares names by simple case folding, so besides ASCII case, the Kelvin sign
 /// (U+212A) is a `k` and the long s (U+017F) an `s`.
 pub fn go_key_eq(key: &str, name: &str) -> bool {
+    // A fold to ASCII shortens a character (U+212A is 3 bytes, U+017F 2), so a key of
+    // the name's length can only match in ASCII, and a shorter one never.
+    match key.len().cmp(&name.len()) {
+        std::cmp::Ordering::Equal => return key.eq_ignore_ascii_case(name),
+        std::cmp::Ordering::Less => return false,
+        std::cmp::Ordering::Greater if key.is_ascii() => return false,
+        std::cmp::Ordering::Greater => {}
+    }
     let mut want = name.bytes();
     for c in key.chars() {
         let folded = match c {
