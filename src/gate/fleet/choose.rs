@@ -59,7 +59,10 @@ pub fn choose(
     if picked.iter().any(|(_, has, _)| *has != Has::Unknown) {
         picked.retain(|(_, has, _)| *has != Has::Unknown);
     }
-    picked.sort_by(rank);
+    // With no free slot anywhere, a host that must load the model offers a load on top
+    // of the wait: every host with it loaded stays warm.
+    let any_free = picked.iter().any(|(h, ..)| h.has_free_slot());
+    picked.sort_by(|a, b| rank(a, b, any_free));
     Ok(picked.into_iter().map(|(h, ..)| h.clone()).collect())
 }
 
@@ -70,13 +73,13 @@ pub fn choose(
 pub const WARM_ROUNDS: u32 = 2;
 
 /// Loaded with a free slot first; then loaded with a short queue (below
-/// [`WARM_ROUNDS`] rounds of its slots); then the least busy relative to its slots;
-/// then loaded before not; then the host with fewer models loaded (a load there evicts
-/// less); then by turn.
-fn rank(a: &(&Arc<Host>, Has, usize), b: &(&Arc<Host>, Has, usize)) -> Ordering {
+/// [`WARM_ROUNDS`] rounds of its slots, or any queue when no candidate has a free
+/// slot); then the least busy relative to its slots; then loaded before not; then the
+/// host with fewer models loaded (a load there evicts less); then by turn.
+fn rank(a: &(&Arc<Host>, Has, usize), b: &(&Arc<Host>, Has, usize), any_free: bool) -> Ordering {
     let ready = |(h, has, _): &(&Arc<Host>, Has, usize)| *has == Has::Loaded && h.has_free_slot();
     let warm = |(h, has, _): &(&Arc<Host>, Has, usize)| {
-        *has == Has::Loaded && h.in_flight() < WARM_ROUNDS.saturating_mul(h.slots)
+        *has == Has::Loaded && (!any_free || h.in_flight() < WARM_ROUNDS.saturating_mul(h.slots))
     };
     let (ha, hb) = (a.0, b.0);
     // in_flight / slots, compared without division.
@@ -153,6 +156,12 @@ mod tests {
         assert_eq!(
             names(choose(&all, "/api/chat", Some(&m), 0)),
             ["c", "a", "b"]
+        );
+        // No free slot anywhere: a load elsewhere would wait too, so b comes first.
+        let _full = [a.take_slot(), c.take_slot(), c.take_slot()];
+        assert_eq!(
+            names(choose(&all, "/api/chat", Some(&m), 0)),
+            ["b", "c", "a"]
         );
         // Hosts alike in all: by turn.
         let x = host("x", Kind::Ollama, 1, &["m"], &[]);
