@@ -69,9 +69,14 @@ pub async fn run(fleet: Arc<Fleet>, pool: Arc<Pool>, interval: Duration) {
     }
 }
 
-/// Probes `host` within `limit` (at least a second); records and returns the outcome.
+/// The longest a probe may take, whatever the interval: a host that hangs must not
+/// hold up the next round of the others for long.
+const MAX_PROBE: Duration = Duration::from_secs(10);
+
+/// Probes `host` within `limit` (between a second and [`MAX_PROBE`]); records and
+/// returns the outcome.
 async fn probe(pool: &Pool, metrics: &Metrics, host: &Host, limit: Duration) -> Result<(), String> {
-    let limit = limit.max(Duration::from_secs(1));
+    let limit = limit.clamp(Duration::from_secs(1), MAX_PROBE);
     let result = tokio::time::timeout(limit, models(pool, metrics, host))
         .await
         .unwrap_or(Err(ProbeError::TimedOut(limit)));
