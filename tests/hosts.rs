@@ -26,6 +26,32 @@ fn installed(models: &[&str]) -> FakeOptions {
     }
 }
 
+/// `aigate serve` over the stored hosts (no `--upstream`), probing every `probe`,
+/// with a metrics listener.
+fn serve_hosts(db: &Db, probe: &str) -> Gate {
+    Gate::start(
+        &db.path,
+        "",
+        &[
+            "--no-login",
+            "--probe-interval",
+            probe,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    )
+}
+
+/// `aigate host add` for each `(name, fake)`, with `extra` options.
+fn add_hosts(db: &Db, hosts: &[(&str, &FakeOllama)], extra: &[&str]) {
+    for (name, fake) in hosts {
+        let url = fake.url();
+        let mut args = vec!["host", "add", url.as_str(), "--name", name];
+        args.extend_from_slice(extra);
+        db.cli(&args);
+    }
+}
+
 /// `aigate host list --json`, by name.
 fn host_list(db: &Db) -> Vec<Value> {
     serde_json::from_str(&db.cli(&["host", "list", "--json"])).expect("host list json")
@@ -76,20 +102,9 @@ async fn requests_go_to_hosts_that_have_the_model() {
     let a = FakeOllama::start(installed(&["alpha"])).await;
     let b = FakeOllama::start(installed(&["beta:1b"])).await;
     let db = Db::new();
-    db.cli(&["host", "add", &a.url(), "--name", "a"]);
-    db.cli(&["host", "add", &b.url(), "--name", "b"]);
+    add_hosts(&db, &[("a", &a), ("b", &b)], &[]);
     let (_, key) = db.key(&["--tier", "admin"]);
-    let gate = Gate::start(
-        &db.path,
-        "",
-        &[
-            "--no-login",
-            "--probe-interval",
-            PROBE,
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let gate = serve_hosts(&db, PROBE);
     wait_up(&db, &["a", "b"]).await;
     for _ in 0..3 {
         let r = post(&gate.url("/api/generate"), &key, &generate("alpha")).await;
@@ -136,20 +151,9 @@ async fn a_host_with_the_model_loaded_is_preferred() {
         FakeOllama::start(opts()).await,
     );
     let db = Db::new();
-    db.cli(&["host", "add", &a.url(), "--name", "a", "--slots", "2"]);
-    db.cli(&["host", "add", &b.url(), "--name", "b", "--slots", "2"]);
+    add_hosts(&db, &[("a", &a), ("b", &b)], &["--slots", "2"]);
     let (_, key) = db.key(&["--tier", "admin"]);
-    let gate = Gate::start(
-        &db.path,
-        "",
-        &[
-            "--no-login",
-            "--probe-interval",
-            PROBE,
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let gate = serve_hosts(&db, PROBE);
     wait_up(&db, &["a", "b"]).await;
     let r = post(&gate.url("/api/generate"), &key, &generate("m1")).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -196,20 +200,9 @@ async fn a_dead_host_fails_over_and_comes_back() {
         .expect("bind");
     let b = FakeOllama::start(installed(&["m"])).await;
     let db = Db::new();
-    db.cli(&["host", "add", &a.url(), "--name", "a"]);
-    db.cli(&["host", "add", &b.url(), "--name", "b"]);
+    add_hosts(&db, &[("a", &a), ("b", &b)], &[]);
     let (_, key) = db.key(&["--tier", "admin"]);
-    let gate = Gate::start(
-        &db.path,
-        "",
-        &[
-            "--no-login",
-            "--probe-interval",
-            "1h",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let gate = serve_hosts(&db, "1h");
     // With probes an hour apart, only the start's probe and the requests tell.
     wait_up(&db, &["a", "b"]).await;
     a.stop().await;
@@ -239,17 +232,7 @@ async fn a_dead_host_fails_over_and_comes_back() {
     drop(gate);
 
     // With frequent probes, the host is seen up again once it answers.
-    let gate = Gate::start(
-        &db.path,
-        "",
-        &[
-            "--no-login",
-            "--probe-interval",
-            PROBE,
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let gate = serve_hosts(&db, PROBE);
     let down = eventually(PATIENCE, || async {
         metrics(&gate)
             .await
@@ -291,20 +274,9 @@ async fn management_goes_to_the_named_host() {
     let a = FakeOllama::start(installed(&["m"])).await;
     let b = FakeOllama::start(installed(&["m"])).await;
     let db = Db::new();
-    db.cli(&["host", "add", &a.url(), "--name", "a"]);
-    db.cli(&["host", "add", &b.url(), "--name", "b"]);
+    add_hosts(&db, &[("a", &a), ("b", &b)], &[]);
     let (_, key) = db.key(&["--tier", "admin"]);
-    let gate = Gate::start(
-        &db.path,
-        "",
-        &[
-            "--no-login",
-            "--probe-interval",
-            PROBE,
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let gate = serve_hosts(&db, PROBE);
     let pull = r#"{"model":"m2","stream":false}"#;
     let auth = format!("Bearer {key}");
     let r = send(
@@ -344,22 +316,11 @@ async fn model_lists_are_merged_and_filtered() {
     let a = FakeOllama::start(installed(&["llama3.2", "qwen2.5:0.5b"])).await;
     let b = FakeOllama::start(installed(&["llama3.2:latest", "phi3"])).await;
     let db = Db::new();
-    db.cli(&["host", "add", &a.url(), "--name", "a"]);
-    db.cli(&["host", "add", &b.url(), "--name", "b"]);
+    add_hosts(&db, &[("a", &a), ("b", &b)], &[]);
     db.cli(&["tier", "set", "some", "--models", "llama*,phi*"]);
     let (_, admin) = db.key(&["--tier", "admin"]);
     let (_, some) = db.key(&["--tier", "some"]);
-    let gate = Gate::start(
-        &db.path,
-        "",
-        &[
-            "--no-login",
-            "--probe-interval",
-            PROBE,
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let gate = serve_hosts(&db, PROBE);
     let tags = |v: Value| -> Vec<String> {
         let mut names: Vec<String> = v["models"]
             .as_array()
@@ -477,17 +438,7 @@ async fn hosts_change_while_the_gate_runs() {
     let db = Db::new();
     db.cli(&["host", "add", &a.url(), "--name", "a"]);
     let (_, key) = db.key(&["--tier", "admin"]);
-    let gate = Gate::start(
-        &db.path,
-        "",
-        &[
-            "--no-login",
-            "--probe-interval",
-            PROBE,
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let gate = serve_hosts(&db, PROBE);
     wait_up(&db, &["a"]).await;
     let r = post(&gate.url("/api/generate"), &key, &generate("only-b")).await;
     assert_eq!(r.status, 404, "{}", r.text());
@@ -549,17 +500,7 @@ async fn host_list_shows_what_the_gate_saw() {
     let db = Db::new();
     db.cli(&["host", "add", &fake.url(), "--name", "gpu1", "--slots", "2"]);
     let (_, key) = db.key(&["--tier", "admin"]);
-    let gate = Gate::start(
-        &db.path,
-        "",
-        &[
-            "--no-login",
-            "--probe-interval",
-            PROBE,
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let gate = serve_hosts(&db, PROBE);
     wait_up(&db, &["gpu1"]).await;
     let stream = json!({"model": "m", "prompt": "hi"}).to_string();
     let url = gate.url("/api/generate");

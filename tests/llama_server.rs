@@ -366,15 +366,7 @@ async fn the_gate_counts_and_caps_the_tokens_of_a_server_without_stream_usage() 
     let server = server().await;
     let db = Db::new();
     db.cli(&["tier", "set", "metered", "--tokens-per-day", "120"]);
-    let (id, key) = {
-        let v: Value =
-            serde_json::from_str(&db.cli(&["key", "create", "--tier", "metered", "--json"]))
-                .expect("key json");
-        (
-            v["id"].as_i64().expect("id"),
-            v["key"].as_str().expect("key").to_string(),
-        )
-    };
+    let (id, key) = db.key(&["--tier", "metered"]);
     let gate = Gate::start(&db.path, &server.url(), &["--no-login"]);
 
     // 1. Streamed, no usage asked for: none is sent, and the deltas are counted.
@@ -457,15 +449,7 @@ async fn a_llama_cpp_host_of_kind_openai_beside_ollama() {
         "openai",
     ]);
     db.cli(&["host", "add", &ollama.url(), "--name", "ollama"]);
-    let (_, key) = {
-        let v: Value =
-            serde_json::from_str(&db.cli(&["key", "create", "--tier", "admin", "--json"]))
-                .expect("key json");
-        (
-            v["id"].as_i64().expect("id"),
-            v["key"].as_str().expect("key").to_string(),
-        )
-    };
+    let (_, key) = db.key(&["--tier", "admin"]);
     let gate = Gate::start(&db.path, "", &["--no-login", "--probe-interval", "200ms"]);
     let hosts = || -> Vec<Value> {
         serde_json::from_str(&db.cli(&["host", "list", "--json"])).expect("host list json")

@@ -170,6 +170,7 @@ pub fn fields_of(body: &[u8]) -> Result<Fields, serde_json::Error> {
     use std::fmt;
 
     /// What a key is, told apart without copying it.
+    #[derive(Clone, Copy)]
     enum Key {
         Model,
         Options,
@@ -180,6 +181,18 @@ pub fn fields_of(body: &[u8]) -> Result<Fields, serde_json::Error> {
         MaxOutputTokens,
         Other,
     }
+    /// The keys the gate reads, by the name Go's decoder matches them to. `name` is the
+    /// older spelling of `model` Ollama still accepts (`/api/show`).
+    const KEYS: [(&str, Key); 8] = [
+        ("model", Key::Model),
+        ("name", Key::Model),
+        ("options", Key::Options),
+        ("keep_alive", Key::KeepAlive),
+        ("max_tokens", Key::MaxTokens),
+        ("max_completion_tokens", Key::MaxCompletionTokens),
+        ("n_predict", Key::NPredict),
+        ("max_output_tokens", Key::MaxOutputTokens),
+    ];
     struct KeySeed;
     impl<'de> DeserializeSeed<'de> for KeySeed {
         type Value = Key;
@@ -193,25 +206,8 @@ pub fn fields_of(body: &[u8]) -> Result<Fields, serde_json::Error> {
             f.write_str("a key")
         }
         fn visit_str<E>(self, k: &str) -> Result<Key, E> {
-            let is = |name: &str| go_key_eq(k, name);
-            // `name` is the older spelling Ollama still accepts (`/api/show`).
-            Ok(if is("model") || is("name") {
-                Key::Model
-            } else if is("options") {
-                Key::Options
-            } else if is("keep_alive") {
-                Key::KeepAlive
-            } else if is("max_tokens") {
-                Key::MaxTokens
-            } else if is("max_completion_tokens") {
-                Key::MaxCompletionTokens
-            } else if is("n_predict") {
-                Key::NPredict
-            } else if is("max_output_tokens") {
-                Key::MaxOutputTokens
-            } else {
-                Key::Other
-            })
+            let found = KEYS.iter().find(|(name, _)| go_key_eq(k, name));
+            Ok(found.map_or(Key::Other, |&(_, key)| key))
         }
     }
 
