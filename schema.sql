@@ -103,3 +103,21 @@ CREATE TABLE model_pins (
     CHECK ((keep_alive IS NULL) = (keep_alive_secs IS NULL)),
     CHECK (num_ctx IS NOT NULL OR keep_alive IS NOT NULL)
 );
+
+-- migration: 3
+-- How the gate's queue treats a tier's requests while they wait for a free slot on a
+-- host. The store keeps the values in range; the checks keep what the queue relies on.
+-- Higher is served first.
+ALTER TABLE tiers ADD COLUMN priority   INTEGER NOT NULL DEFAULT 0;
+-- Share of the slots within one priority.
+ALTER TABLE tiers ADD COLUMN weight     INTEGER NOT NULL DEFAULT 1 CHECK (weight >= 1);
+-- Seconds a request may wait for a slot; NULL = no bound.
+ALTER TABLE tiers ADD COLUMN max_wait   INTEGER CHECK (max_wait > 0);
+-- Requests one user (or one key without a user) may have waiting; NULL = no bound,
+-- 0 = refused at once when no slot is free.
+ALTER TABLE tiers ADD COLUMN max_queued INTEGER CHECK (max_queued >= 0);
+
+-- A tier created later gets the defaults above, as its other limits start unlimited.
+UPDATE tiers SET priority = 0,  weight = 1, max_wait = 60,   max_queued = 4    WHERE name = 'free';
+UPDATE tiers SET priority = 10, weight = 1, max_wait = 300,  max_queued = 32   WHERE name = 'pro';
+UPDATE tiers SET priority = 20, weight = 1, max_wait = NULL, max_queued = NULL WHERE name = 'admin';

@@ -56,6 +56,10 @@ const TIER_FIELDS: &[&str] = &[
     "tokens_per_day",
     "models",
     "admin",
+    "priority",
+    "weight",
+    "max_wait_secs",
+    "max_queued",
 ];
 
 /// What a finished command left behind.
@@ -1302,9 +1306,12 @@ fn tier_list_and_set() {
     assert_eq!(
         list,
         json!([
-            {"name": "admin", "rpm": null, "concurrency": null, "tokens_per_day": null, "models": ["*"], "admin": true},
-            {"name": "free", "rpm": 20, "concurrency": 1, "tokens_per_day": 50000, "models": ["*"], "admin": false},
-            {"name": "pro", "rpm": 300, "concurrency": 4, "tokens_per_day": 2000000, "models": ["*"], "admin": false},
+            {"name": "admin", "rpm": null, "concurrency": null, "tokens_per_day": null, "models": ["*"], "admin": true,
+             "priority": 20, "weight": 1, "max_wait_secs": null, "max_queued": null},
+            {"name": "free", "rpm": 20, "concurrency": 1, "tokens_per_day": 50000, "models": ["*"], "admin": false,
+             "priority": 0, "weight": 1, "max_wait_secs": 60, "max_queued": 4},
+            {"name": "pro", "rpm": 300, "concurrency": 4, "tokens_per_day": 2000000, "models": ["*"], "admin": false,
+             "priority": 10, "weight": 1, "max_wait_secs": 300, "max_queued": 32},
         ])
     );
     let out = env.ok(&["tier", "list"]);
@@ -1330,7 +1337,8 @@ fn tier_list_and_set() {
     assert_eq!(
         gold,
         json!({"name": "gold", "rpm": 100, "concurrency": 3, "tokens_per_day": 5_000_000_000u64,
-               "models": ["llama3*", "qwen2.5:7b"], "admin": true})
+               "models": ["llama3*", "qwen2.5:7b"], "admin": true,
+               "priority": 0, "weight": 1, "max_wait_secs": null, "max_queued": null})
     );
     let out = env.ok(&[
         "tier",
@@ -1350,7 +1358,8 @@ fn tier_list_and_set() {
     assert_eq!(
         *tier(&list, "gold"),
         json!({"name": "gold", "rpm": null, "concurrency": null, "tokens_per_day": null,
-               "models": ["llama3*", "qwen2.5:7b"], "admin": false})
+               "models": ["llama3*", "qwen2.5:7b"], "admin": false,
+               "priority": 0, "weight": 1, "max_wait_secs": null, "max_queued": null})
     );
 
     // Flags not given keep their values; a new tier starts unlimited with every model.
@@ -1366,7 +1375,8 @@ fn tier_list_and_set() {
     assert_eq!(
         basic,
         json!({"name": "basic", "rpm": null, "concurrency": null, "tokens_per_day": null,
-               "models": ["*"], "admin": false})
+               "models": ["*"], "admin": false,
+               "priority": 0, "weight": 1, "max_wait_secs": null, "max_queued": null})
     );
     env.key(&["--tier", "gold"]);
 
@@ -1386,6 +1396,31 @@ fn tier_list_and_set() {
         .filter(|e| e["kind"] == json!("tier_set"))
         .count();
     assert_eq!(sets, 5);
+}
+
+/// (priority, weight, max_wait_secs, max_queued) of a tier in JSON.
+#[track_caller]
+fn queue(t: &Value) -> Value {
+    json!([
+        t["priority"],
+        t["weight"],
+        t["max_wait_secs"],
+        t["max_queued"]
+    ])
+}
+
+#[test]
+fn init_seeds_the_queue_settings_of_the_tiers() {
+    let env = Env::init();
+    let list = env.json(&["tier", "list", "--json"]);
+    assert_eq!(queue(tier(&list, "free")), json!([0, 1, 60, 4]));
+    assert_eq!(queue(tier(&list, "pro")), json!([10, 1, 300, 32]));
+    assert_eq!(queue(tier(&list, "admin")), json!([20, 1, null, null]));
+    let conn = env.conn();
+    assert_eq!(
+        count(&conn, "SELECT max_wait FROM tiers WHERE name = 'pro'"),
+        300
+    );
 }
 
 // ---------------------------------------------------------------- usage and audit

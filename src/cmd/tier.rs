@@ -42,6 +42,7 @@ pub fn run(db: &Path, cmd: TierCommand) -> anyhow::Result<()> {
                     (_, true) => Some(false),
                     _ => None,
                 },
+                ..TierChange::default()
             };
             set(db, &name, &change, json.json)
         }

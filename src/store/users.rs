@@ -323,7 +323,8 @@ mod tests {
                 row(
                     "tier_set",
                     None,
-                    "tier=gold rpm=9 concurrency=- tokens_per_day=- models=* admin=false by=op"
+                    "tier=gold rpm=9 concurrency=- tokens_per_day=- models=* admin=false \
+                     priority=0 weight=1 max_wait=- max_queued=- by=op"
                 ),
                 row("key_set", Some("bob"), "id=1 by=op"),
                 row("user_remove", Some("bob"), "revoked_keys=1 by=op"),
