@@ -1794,7 +1794,7 @@ _aigate() {
             return 0
             ;;
         aigate__subcmd__tier__subcmd__set)
-            opts="-h -V --rpm --concurrency --tokens-per-day --models --admin --no-admin --json --db --help --version"
+            opts="-h -V --rpm --concurrency --tokens-per-day --models --admin --no-admin --priority --weight --max-wait --max-queued --json --db --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1813,6 +1813,22 @@ _aigate() {
                     return 0
                     ;;
                 --models)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --priority)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --weight)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-queued)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

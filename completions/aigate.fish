@@ -160,6 +160,10 @@ complete -c aigate -n "__fish_aigate_using_subcommand tier; and __fish_seen_subc
 complete -c aigate -n "__fish_aigate_using_subcommand tier; and __fish_seen_subcommand_from set" -l concurrency -d 'Requests in flight per key' -r
 complete -c aigate -n "__fish_aigate_using_subcommand tier; and __fish_seen_subcommand_from set" -l tokens-per-day -d 'Prompt + completion tokens per key per UTC day' -r
 complete -c aigate -n "__fish_aigate_using_subcommand tier; and __fish_seen_subcommand_from set" -l models -d 'Models the tier may use, comma-separated globs (e.g. \'llama3*,qwen2.5:7b\')' -r
+complete -c aigate -n "__fish_aigate_using_subcommand tier; and __fish_seen_subcommand_from set" -l priority -d 'When requests wait for a free slot, a higher priority is always served first (-1000 to 1000; a new tier has 0)' -r
+complete -c aigate -n "__fish_aigate_using_subcommand tier; and __fish_seen_subcommand_from set" -l weight -d 'Share of the slots among waiting callers of one priority: a caller of weight 3 gets three turns for every one of a caller of weight 1 (1 to 1000; a new tier has 1)' -r
+complete -c aigate -n "__fish_aigate_using_subcommand tier; and __fish_seen_subcommand_from set" -l max-wait -d 'How long a request may wait for a free slot before it gets 503 with Retry-After (1s to 1d, e.g. 30s or 5m; a new tier has no bound)' -r
+complete -c aigate -n "__fish_aigate_using_subcommand tier; and __fish_seen_subcommand_from set" -l max-queued -d 'Requests one user (or one key without a user) may have waiting; one more gets 429 at once (0 to 100000; 0 never waits; a new tier has no bound)' -r
 complete -c aigate -n "__fish_aigate_using_subcommand tier; and __fish_seen_subcommand_from set" -l db -d 'The SQLite database [default: $XDG_DATA_HOME/aigate/aigate.db]' -r -F
 complete -c aigate -n "__fish_aigate_using_subcommand tier; and __fish_seen_subcommand_from set" -l admin -d 'The tier may use /admin/* and Ollama\'s model management'
 complete -c aigate -n "__fish_aigate_using_subcommand tier; and __fish_seen_subcommand_from set" -l no-admin -d 'The tier may not administer'

@@ -369,6 +369,28 @@ pub enum TierCommand {
         /// The tier may not administer
         #[arg(long)]
         no_admin: bool,
+        /// When requests wait for a free slot, a higher priority is always served first
+        /// (-1000 to 1000; a new tier has 0)
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        priority: Option<i32>,
+        /// Share of the slots among waiting callers of one priority: a caller of weight 3
+        /// gets three turns for every one of a caller of weight 1 (1 to 1000; a new tier
+        /// has 1)
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        weight: Option<u32>,
+        /// How long a request may wait for a free slot before it gets 503 with
+        /// Retry-After (1s to 1d, e.g. 30s or 5m; a new tier has no bound)
+        #[arg(long, value_name = "DUR", value_parser = parse_max_wait)]
+        max_wait: Option<Change<u64>>,
+        /// Requests one user (or one key without a user) may have waiting; one more gets
+        /// 429 at once (0 to 100000; 0 never waits; a new tier has no bound)
+        #[arg(
+            long,
+            value_name = "N",
+            allow_negative_numbers = true,
+            value_parser = parse_tier_limit::<u32>
+        )]
+        max_queued: Option<Change<u32>>,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -682,6 +704,22 @@ pub fn parse_tier_limit<T: std::str::FromStr>(s: &str) -> Result<Change<T>, Stri
     parse_limit(s, "unlimited")
 }
 
+/// A tier's bound on how long a request waits for a slot, in whole seconds: a duration
+/// of at least 1s, or `unlimited`. The range above is the store's to check.
+pub fn parse_max_wait(s: &str) -> Result<Change<u64>, String> {
+    if s.trim().eq_ignore_ascii_case("unlimited") {
+        return Ok(Change::Unlimited);
+    }
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err("a wait must be at least 1s ('unlimited' for no bound)".into());
+    }
+    if d.subsec_nanos() != 0 {
+        return Err("a wait must be whole seconds".into());
+    }
+    Ok(Change::Set(d.as_secs()))
+}
+
 /// A per-key limit: a number, or `tier` to use the tier's.
 pub fn parse_key_limit<T: std::str::FromStr>(s: &str) -> Result<Change<T>, String> {
     parse_limit(s, "tier")
@@ -695,6 +733,24 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn max_waits_are_whole_seconds_or_unlimited() {
+        assert_eq!(parse_max_wait("2m"), Ok(Change::Set(120)));
+        assert_eq!(parse_max_wait(" 1s "), Ok(Change::Set(1)));
+        assert_eq!(parse_max_wait("1h30m"), Ok(Change::Set(5400)));
+        assert_eq!(parse_max_wait("Unlimited"), Ok(Change::Unlimited));
+        for (bad, why) in [
+            ("0s", "at least 1s"),
+            ("999ms", "at least 1s"),
+            ("1500ms", "whole seconds"),
+            ("soon", "try 30s"),
+            ("", "try 30s"),
+        ] {
+            let e = parse_max_wait(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
     }
 
     /// The subcommands a usage error suggests.

@@ -1423,6 +1423,158 @@ fn init_seeds_the_queue_settings_of_the_tiers() {
     );
 }
 
+#[test]
+fn tier_set_queue_settings_and_clear_them() {
+    let env = Env::init();
+    let gold = env.json(&[
+        "tier",
+        "set",
+        "gold",
+        "--priority",
+        "5",
+        "--weight",
+        "3",
+        "--max-wait",
+        "2m",
+        "--max-queued",
+        "10",
+        "--json",
+    ]);
+    assert_fields(&gold, TIER_FIELDS);
+    assert_eq!(queue(&gold), json!([5, 3, 120, 10]));
+
+    // Flags not given keep their values; a negative priority is a value, not a flag.
+    let gold = env.json(&["tier", "set", "gold", "--priority", "-5", "--json"]);
+    assert_eq!(queue(&gold), json!([-5, 3, 120, 10]));
+    let gold = env.json(&["tier", "set", "gold", "--rpm", "7", "--json"]);
+    assert_eq!(queue(&gold), json!([-5, 3, 120, 10]));
+
+    let gold = env.json(&[
+        "tier",
+        "set",
+        "gold",
+        "--max-wait",
+        "unlimited",
+        "--max-queued",
+        "UNLIMITED",
+        "--json",
+    ]);
+    assert_eq!(queue(&gold), json!([-5, 3, null, null]));
+    assert_eq!(
+        queue(tier(&env.json(&["tier", "list", "--json"]), "gold")),
+        json!([-5, 3, null, null])
+    );
+
+    // 0 queued is a bound (never wait), not "unlimited"; a day is the longest wait.
+    let gold = env.json(&[
+        "tier",
+        "set",
+        "gold",
+        "--max-queued",
+        "0",
+        "--max-wait",
+        "24h",
+        "--json",
+    ]);
+    assert_eq!(queue(&gold), json!([-5, 3, 86400, 0]));
+}
+
+#[test]
+fn tier_set_refuses_bad_queue_settings_and_changes_nothing() {
+    let env = Env::init();
+    let before = env.json(&["tier", "list", "--json"]);
+    let bad: &[(&[&str], &str)] = &[
+        (&["--weight", "0"], "--weight 0 is out of range"),
+        (&["--weight", "1001"], "--weight 1001 is out of range"),
+        (&["--weight", "-1"], "--weight"),
+        (&["--weight", "heavy"], "--weight"),
+        (&["--priority", "5000"], "--priority 5000 is out of range"),
+        (&["--priority", "-1001"], "--priority -1001 is out of range"),
+        (&["--priority", "high"], "--priority"),
+        (&["--max-wait", "0s"], "at least 1s"),
+        (&["--max-wait", "500ms"], "at least 1s"),
+        (&["--max-wait", "1500ms"], "whole seconds"),
+        (&["--max-wait", "2d"], "--max-wait 172800s is out of range"),
+        (&["--max-wait", "soon"], "--max-wait"),
+        (&["--max-queued", "-1"], "--max-queued"),
+        (
+            &["--max-queued", "100001"],
+            "--max-queued 100001 is out of range",
+        ),
+        (&["--max-queued", "lots"], "unlimited"),
+    ];
+    for (flags, why) in bad {
+        for name in ["free", "gold"] {
+            // A valid flag beside the bad one is not applied either.
+            let mut args = vec!["tier", "set", name, "--rpm", "7"];
+            args.extend_from_slice(flags);
+            let out = env.run(&args);
+            assert!(
+                matches!(out.code, Some(1 | 2)),
+                "{args:?}: expected exit 1 or 2: {out:#?}"
+            );
+            assert!(out.stdout.is_empty(), "{args:?}: {out:#?}");
+            let errors: Vec<&str> = out
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("error: "))
+                .collect();
+            assert_eq!(errors.len(), 1, "{args:?}: one error line: {out:#?}");
+            assert!(
+                errors[0].contains(why),
+                "{args:?}: expected {why:?}: {out:#?}"
+            );
+        }
+    }
+    assert_eq!(env.json(&["tier", "list", "--json"]), before);
+    let audit = env.json(&["audit", "--json"]);
+    assert!(
+        array(&audit).iter().all(|e| e["kind"] != json!("tier_set")),
+        "{audit}"
+    );
+}
+
+#[test]
+fn the_tier_set_audit_row_records_the_queue_settings() {
+    let env = Env::init();
+    env.ok(&[
+        "tier",
+        "set",
+        "gold",
+        "--priority",
+        "-5",
+        "--weight",
+        "3",
+        "--max-wait",
+        "2m",
+        "--max-queued",
+        "10",
+    ]);
+    env.ok(&[
+        "tier",
+        "set",
+        "gold",
+        "--max-wait",
+        "unlimited",
+        "--max-queued",
+        "unlimited",
+    ]);
+    let audit = env.json(&["audit", "--json"]);
+    let details: Vec<&str> = array(&audit)
+        .iter()
+        .filter(|e| e["kind"] == json!("tier_set"))
+        .map(|e| e["detail"].as_str().expect("a detail"))
+        .collect();
+    let set = "tier=gold rpm=- concurrency=- tokens_per_day=- models=* admin=false";
+    assert_eq!(
+        details,
+        [
+            format!("{set} priority=-5 weight=3 max_wait=120s max_queued=10 by=tester"),
+            format!("{set} priority=-5 weight=3 max_wait=- max_queued=- by=tester"),
+        ]
+    );
+}
+
 // ---------------------------------------------------------------- usage and audit
 
 #[test]

@@ -30,6 +30,10 @@ pub fn run(db: &Path, cmd: TierCommand) -> anyhow::Result<()> {
             models,
             admin,
             no_admin,
+            priority,
+            weight,
+            max_wait,
+            max_queued,
             json,
         } => {
             let change = TierChange {
@@ -42,7 +46,10 @@ pub fn run(db: &Path, cmd: TierCommand) -> anyhow::Result<()> {
                     (_, true) => Some(false),
                     _ => None,
                 },
-                ..TierChange::default()
+                priority,
+                weight,
+                max_wait: max_wait.unwrap_or_default(),
+                max_queued: max_queued.unwrap_or_default(),
             };
             set(db, &name, &change, json.json)
         }
