@@ -1480,6 +1480,42 @@ fn tier_set_queue_settings_and_clear_them() {
 }
 
 #[test]
+fn the_tier_table_shows_the_queue_settings() {
+    let env = Env::init();
+    let out = env.ok(&["tier", "list"]);
+    let header = out.stdout.lines().next().expect("a header");
+    for column in ["PRIORITY", "WEIGHT", "MAX WAIT", "MAX QUEUED"] {
+        assert!(header.contains(column), "{column}: {out:#?}");
+    }
+    // One row per tier, in the same order as its columns after ADMIN.
+    let cells = |name: &str| -> Vec<String> {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no row {name}: {out:#?}"));
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        cells[cells.len() - 4..]
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
+    };
+    assert_eq!(cells("free"), ["0", "1", "1m", "4"]);
+    assert_eq!(cells("pro"), ["10", "1", "5m", "32"]);
+    assert_eq!(cells("admin"), ["20", "1", "unlimited", "unlimited"]);
+
+    let out = env.ok(&["tier", "set", "gold", "--max-wait", "90s", "--weight", "2"]);
+    assert!(out.stderr.contains("created tier gold"), "{out:#?}");
+    let row = out.stdout.lines().nth(2).expect("a row");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells[cells.len() - 4..],
+        ["0", "2", "90s", "unlimited"],
+        "{out:#?}"
+    );
+}
+
+#[test]
 fn tier_set_refuses_bad_queue_settings_and_changes_nothing() {
     let env = Env::init();
     let before = env.json(&["tier", "list", "--json"]);

@@ -9,13 +9,17 @@ use crate::store::OpenMode;
 use crate::store::tiers::{self, Tier, TierChange, split_models};
 
 /// The columns of a tier table.
-const HEADERS: [&str; 6] = [
+const HEADERS: [&str; 10] = [
     "TIER",
     "RPM",
     "CONCURRENCY",
     "TOKENS/DAY",
     "MODELS",
     "ADMIN",
+    "PRIORITY",
+    "WEIGHT",
+    "MAX WAIT",
+    "MAX QUEUED",
 ];
 
 /// Runs a tier command.
@@ -96,5 +100,40 @@ fn row(t: &Tier) -> Vec<String> {
         unlimited(t.tokens_per_day.map(|v| v.to_string())),
         t.models.join(","),
         if t.admin { "yes" } else { "no" }.into(),
+        t.priority.to_string(),
+        t.weight.to_string(),
+        unlimited(t.max_wait.map(seconds)),
+        unlimited(t.max_queued.map(|v| v.to_string())),
     ]
+}
+
+/// Seconds in the largest unit that divides them: 60 is `1m`, 90 `90s`, 7200 `2h`.
+fn seconds(secs: u64) -> String {
+    match secs {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seconds;
+
+    #[test]
+    fn waits_show_in_their_largest_whole_unit() {
+        for (secs, shown) in [
+            (1, "1s"),
+            (60, "1m"),
+            (90, "90s"),
+            (300, "5m"),
+            (5_400, "90m"),
+            (7_200, "2h"),
+            (86_400, "1d"),
+        ] {
+            assert_eq!(seconds(secs), shown);
+        }
+    }
 }
