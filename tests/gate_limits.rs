@@ -273,7 +273,15 @@ async fn concurrency_slot_comes_back_when_the_stream_completes() {
     })
     .await;
     let db = Db::new();
-    db.cli(&["tier", "set", "single", "--concurrency", "1"]);
+    db.cli(&[
+        "tier",
+        "set",
+        "single",
+        "--concurrency",
+        "1",
+        "--max-queued",
+        "0",
+    ]);
     let (_, key) = db.key(&["--tier", "single"]);
     let (_, other) = db.key(&["--tier", "single"]);
     let gate = Gate::start(&db.path, &fake.url(), &[]);
@@ -309,7 +317,15 @@ async fn concurrency_slot_comes_back_when_the_client_leaves() {
     })
     .await;
     let db = Db::new();
-    db.cli(&["tier", "set", "single", "--concurrency", "1"]);
+    db.cli(&[
+        "tier",
+        "set",
+        "single",
+        "--concurrency",
+        "1",
+        "--max-queued",
+        "0",
+    ]);
     let (_, key) = db.key(&["--tier", "single"]);
     let gate = Gate::start(&db.path, &fake.url(), &[]);
 

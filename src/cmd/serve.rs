@@ -261,13 +261,14 @@ fn start(plan: Plan) -> anyhow::Result<()> {
         tokio::spawn(probe::run(fleet.clone(), pool, config.probe_interval));
         if let Some(ml) = metrics_listener {
             let mut rx = stop_rx.clone();
-            tokio::spawn(server::run_metrics(ml, shared.metrics.clone(), async move {
+            tokio::spawn(server::run_metrics(ml, shared.clone(), async move {
                 let _ = rx.wait_for(|s| *s).await;
             }));
         }
         // Once a second: the summaries of ended failure windows, refused connections.
         let (recorder, metrics) = (shared.recorder.clone(), shared.metrics.clone());
         let conns = conns.clone();
+        let queue = shared.queue.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -275,9 +276,15 @@ fn start(plan: Plan) -> anyhow::Result<()> {
                 tick.tick().await;
                 failure::sweep(&recorder, &metrics, false);
                 conns.report_refused();
+                // What a host coming back or a model loading may have freed.
+                queue.tick();
             }
         });
         shutdown_signal().await;
+        // Requests waiting for a slot are still served while the others finish; those
+        // that would still wait when the shutdown timeout is near are told to retry.
+        let grace = config.shutdown_timeout.saturating_sub(Duration::from_secs(1));
+        shared.queue.stop_at(std::time::Instant::now() + grace);
         tracing::info!("shutting down: no new connections; letting in-flight requests finish");
         anyhow::Ok(())
     });

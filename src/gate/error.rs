@@ -66,6 +66,12 @@ pub enum GateError {
     MethodNotAllowed(Option<&'static str>),
     #[error("{}", .0.detail())]
     Limited(Rejection),
+    /// The caller already has its tier's `max-queued` requests waiting for a slot (429).
+    #[error("{}", queue_full(*.0))]
+    QueueFull(u32),
+    /// It waited its tier's `max-wait` for a slot, or the gate is stopping (503).
+    #[error("All model slots stayed busy; try again shortly")]
+    QueueTimeout { retry_after: u64 },
     #[error("{detail}")]
     TooManyLogins {
         detail: &'static str,
@@ -81,6 +87,14 @@ pub enum GateError {
     Unavailable(&'static str),
     #[error("{0}")]
     Internal(&'static str),
+}
+
+fn queue_full(limit: u32) -> String {
+    if limit == 0 {
+        "All model slots are busy, and this tier does not wait for one".into()
+    } else {
+        format!("Too many requests waiting for a model slot: at most {limit} at once")
+    }
 }
 
 const CHALLENGE: &str = r#"Bearer realm="aigate""#;
@@ -115,14 +129,15 @@ impl GateError {
             GateError::BadLoginBody => StatusCode::UNPROCESSABLE_ENTITY,
             GateError::Auth(AuthError::Unavailable)
             | GateError::Unavailable(_)
-            | GateError::LoginBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | GateError::LoginBusy { .. }
+            | GateError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GateError::Auth(_) | GateError::LoginFailed => StatusCode::UNAUTHORIZED,
             GateError::AdminOnly(_)
             | GateError::ModelNotAllowed { .. }
             | GateError::Unchecked(_) => StatusCode::FORBIDDEN,
             GateError::NotFound(_) | GateError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             GateError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            GateError::Limited(_) | GateError::TooManyLogins { .. } => {
+            GateError::Limited(_) | GateError::TooManyLogins { .. } | GateError::QueueFull(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
             GateError::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
@@ -176,8 +191,13 @@ impl GateError {
                     HeaderValue::from(rejection.retry_after().max(1)),
                 );
             }
-            GateError::TooManyLogins { retry_after, .. } | GateError::LoginBusy { retry_after } => {
+            GateError::TooManyLogins { retry_after, .. }
+            | GateError::LoginBusy { retry_after }
+            | GateError::QueueTimeout { retry_after } => {
                 h.insert(RETRY_AFTER, HeaderValue::from((*retry_after).max(1)));
+            }
+            GateError::QueueFull(_) => {
+                h.insert(RETRY_AFTER, HeaderValue::from(1));
             }
             GateError::MethodNotAllowed(Some(allow)) => {
                 h.insert(ALLOW, HeaderValue::from_static(allow));
@@ -214,7 +234,8 @@ impl GateError {
         match self {
             GateError::Auth(AuthError::Unavailable)
             | GateError::Unavailable(_)
-            | GateError::LoginBusy { .. } => ("server_error", Some("service_unavailable")),
+            | GateError::LoginBusy { .. }
+            | GateError::QueueTimeout { .. } => ("server_error", Some("service_unavailable")),
             GateError::Auth(AuthError::Missing) => {
                 ("invalid_request_error", Some("missing_api_key"))
             }
@@ -233,7 +254,7 @@ impl GateError {
             GateError::Limited(Rejection::Tokens { .. }) => {
                 ("insufficient_quota", Some("insufficient_quota"))
             }
-            GateError::Limited(_) | GateError::TooManyLogins { .. } => {
+            GateError::Limited(_) | GateError::TooManyLogins { .. } | GateError::QueueFull(_) => {
                 ("rate_limit_error", Some("rate_limit_exceeded"))
             }
             GateError::Upstream(_) | GateError::HostsDown | GateError::Internal(_) => {

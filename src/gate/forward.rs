@@ -18,7 +18,9 @@ use super::authn::Principal;
 use super::error::GateError;
 use super::fleet::choose::choose;
 use super::fleet::{Host, NoHost, Snapshot, lists, model_key};
-use super::limits::Admitted;
+use super::limits::{Admitted, Rejection};
+use super::metrics::KindLabel;
+use super::queue::{Ask, Refusal};
 use super::respond::{self, Body};
 use super::route::Route;
 use super::stream::{Accounting, Framing, Tapped};
@@ -67,12 +69,24 @@ pub async fn forward(
     let api = rewrite::Api::of_path(path);
     let pinned = api.is_some_and(rewrite::Api::takes_pins) && !fleet.pins.is_empty();
     let has_body = !matches!(parts.method, Method::GET | Method::HEAD) || declared.is_some();
+    // Generation may wait in the queue: for a host's slot (hosts with declared slots),
+    // or for one of the caller's own requests to end.
+    let may_wait = route == Route::Proxy
+        && (principal.limits.concurrency.is_some()
+            || fleet.hosts.iter().any(|h| h.stored && h.serves(path)));
     // The body is read whole only when it must be looked at (the model allow-list, a
     // daily token quota to cap generation to, the model to choose a host by or to
     // apply pins for) or its size is not declared; otherwise it streams through as it
-    // arrives. A body read whole can be sent again to another host.
+    // arrives. A body read whole can be sent again to another host, and a client that
+    // leaves while its request waits is noticed (its connection has nothing left to
+    // read but the end).
     let must_read = has_body
-        && (filter.is_some() || quota.is_some() || declared.is_none() || several || pinned);
+        && (filter.is_some()
+            || quota.is_some()
+            || declared.is_none()
+            || several
+            || pinned
+            || may_wait);
     let mut request_bytes = declared.unwrap_or(0);
     let mut model = None;
     let mut streamed = None;
@@ -146,6 +160,38 @@ pub async fn forward(
             &chosen
         }
     };
+    // Generation waits for a slot, and goes first to the host it was given.
+    let mut ticket = None;
+    let reordered: Vec<Arc<Host>>;
+    let hosts = if route == Route::Proxy {
+        let ask = Ask {
+            budget: &principal.state,
+            user: principal.user.as_deref(),
+            prefix: &principal.prefix,
+            tier: &principal.tier,
+            class: principal.class,
+            concurrency: principal.limits.concurrency,
+            hosts: hosts.to_vec(),
+            model: model.as_deref().map(model_key),
+        };
+        let t = state
+            .queue
+            .enter(ask)
+            .await
+            .map_err(|r| refused(state, r))?;
+        let first = t.host().clone();
+        ticket = Some(t);
+        if Arc::ptr_eq(&first, &hosts[0]) {
+            hosts
+        } else {
+            reordered = std::iter::once(first.clone())
+                .chain(hosts.iter().filter(|h| !Arc::ptr_eq(h, &first)).cloned())
+                .collect();
+            &reordered
+        }
+    } else {
+        hosts
+    };
     let peer_trusted = state
         .config
         .trusted_proxies
@@ -166,7 +212,7 @@ pub async fn forward(
     // one failed before any byte went back. Management requests are never retried.
     let mut tries = hosts.iter().enumerate().peekable();
     let (mut method, mut target) = (Some(method), Some(target));
-    let (resp, lease, slot, host) = loop {
+    let (resp, lease, host) = loop {
         let Some((n, host)) = tries.next() else {
             return Err(GateError::HostsDown);
         };
@@ -191,8 +237,12 @@ pub async fn forward(
             req.headers_mut()
                 .insert(header::HOST, host.upstream.host.clone());
         }
-        // Generation holds a slot; a model list or a pull does not.
-        let slot = (route == Route::Proxy).then(|| host.take_slot());
+        // Generation holds a slot (taken in the queue); a model list or a pull does not.
+        if n > 0
+            && let Some(t) = ticket.as_mut()
+        {
+            t.move_to(host);
+        }
         host.metrics.requests.inc();
         let idle = host.idle(state.worker);
         match state
@@ -200,7 +250,7 @@ pub async fn forward(
             .send(&state.metrics, &host.upstream, idle, req)
             .await
         {
-            Ok((resp, lease)) => break (resp, lease, slot, host.clone()),
+            Ok((resp, lease)) => break (resp, lease, host.clone()),
             Err(e) => {
                 // A client whose body stalls or breaks off must not make the host look
                 // down to everyone else.
@@ -226,7 +276,7 @@ pub async fn forward(
         admitted,
         model,
         request_bytes,
-        slot,
+        ticket,
     };
     let filter_list = route == Route::Models && head.status.is_success();
     if filter_list && accounting.admitted.caller().models.is_some() {
@@ -283,6 +333,29 @@ fn host_names(fleet: &Snapshot) -> String {
         names.push("…");
     }
     names.join(", ")
+}
+
+/// The answer to a request the queue did not give a slot.
+fn refused(state: &State, r: Refusal) -> GateError {
+    match r {
+        Refusal::Full {
+            concurrency: Some(limit),
+            ..
+        } => {
+            let rejection = Rejection::Concurrency { limit };
+            state
+                .metrics
+                .rejections
+                .get_or_create(&KindLabel {
+                    kind: rejection.kind(),
+                })
+                .inc();
+            GateError::Limited(rejection)
+        }
+        Refusal::Full { limit, .. } => GateError::QueueFull(limit),
+        Refusal::Expired { retry_after } => GateError::QueueTimeout { retry_after },
+        Refusal::NoHost => GateError::HostsDown,
+    }
 }
 
 fn no_host(e: NoHost, model: Option<&str>) -> GateError {

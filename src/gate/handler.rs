@@ -113,7 +113,12 @@ async fn dispatch(
         let admitted = limits::unmetered(principal);
         return forward::forward(state, peer.ip(), https, req, route, admitted).await;
     }
-    let admitted = limits::admit(principal).map_err(|rejection| {
+    // Generation waits in the queue, which keeps the concurrency limit.
+    let admit = match route {
+        Route::Proxy => limits::admit_queued,
+        _ => limits::admit,
+    };
+    let admitted = admit(principal).map_err(|rejection| {
         state
             .metrics
             .rejections

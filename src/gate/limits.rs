@@ -116,6 +116,16 @@ fn millis() -> u64 {
 /// checked first (it has no side effect), then a concurrency slot is taken, then the
 /// request is counted against the rate.
 pub fn admit<P: Budgeted>(caller: Arc<P>) -> Result<Admitted<P>, Rejection> {
+    admit_with(caller, true)
+}
+
+/// [`admit`] for a request that waits in the queue for a slot: its concurrency limit is
+/// the queue's to keep (it holds the request until one of the caller's ends).
+pub fn admit_queued<P: Budgeted>(caller: Arc<P>) -> Result<Admitted<P>, Rejection> {
+    admit_with(caller, false)
+}
+
+fn admit_with<P: Budgeted>(caller: Arc<P>, concurrency: bool) -> Result<Admitted<P>, Rejection> {
     if let Some(limit) = caller.limits().tokens_per_day {
         let today = now().div_euclid(DAY);
         if caller.counters().tokens_on(today) >= limit {
@@ -129,7 +139,7 @@ pub fn admit<P: Budgeted>(caller: Arc<P>) -> Result<Admitted<P>, Rejection> {
     };
     let (concurrency, rpm) = {
         let l = admitted.caller.limits();
-        (l.concurrency, l.rpm)
+        (l.concurrency.filter(|_| concurrency), l.rpm)
     };
     if let Some(limit) = concurrency {
         let before = admitted

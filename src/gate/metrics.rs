@@ -42,6 +42,17 @@ pub struct HostLabel {
     pub host: String,
 }
 
+/// A single `tier` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabel {
+    pub tier: String,
+}
+
+/// The histogram of queue waits: 1 ms to about 9 minutes.
+fn wait_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 20))
+}
+
 /// Every metric of the gate.
 pub struct Metrics {
     registry: Registry,
@@ -63,6 +74,15 @@ pub struct Metrics {
     pub host_requests: Family<HostLabel, Counter>,
     pub host_failovers: Family<HostLabel, Counter>,
     pub host_loads: Family<HostLabel, Counter>,
+    /// Per tier: requests waiting for a slot, how long each dispatched request waited,
+    /// requests dispatched, given up at `max-wait`, whose client left while waiting, and
+    /// refused at once (`max-queued`).
+    pub queue_waiting: Family<TierLabel, Gauge>,
+    pub queue_wait: Family<TierLabel, Histogram, fn() -> Histogram>,
+    pub queue_dispatched: Family<TierLabel, Counter>,
+    pub queue_expired: Family<TierLabel, Counter>,
+    pub queue_left: Family<TierLabel, Counter>,
+    pub queue_refused: Family<TierLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -89,6 +109,13 @@ impl Default for Metrics {
         let host_requests = Family::<HostLabel, Counter>::default();
         let host_failovers = Family::<HostLabel, Counter>::default();
         let host_loads = Family::<HostLabel, Counter>::default();
+        let queue_waiting = Family::<TierLabel, Gauge>::default();
+        let queue_wait =
+            Family::<TierLabel, Histogram, fn() -> Histogram>::new_with_constructor(wait_histogram);
+        let queue_dispatched = Family::<TierLabel, Counter>::default();
+        let queue_expired = Family::<TierLabel, Counter>::default();
+        let queue_left = Family::<TierLabel, Counter>::default();
+        let queue_refused = Family::<TierLabel, Counter>::default();
         registry.register(
             "requests",
             "Requests by route class and status",
@@ -155,6 +182,36 @@ impl Default for Metrics {
             "Models a host loaded, as its probes saw them appear in /api/ps",
             host_loads.clone(),
         );
+        registry.register(
+            "queue_waiting",
+            "Requests waiting in the gate for a free slot, by tier",
+            queue_waiting.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "How long dispatched requests waited for a slot, by tier",
+            queue_wait.clone(),
+        );
+        registry.register(
+            "queue_dispatched",
+            "Requests given a slot, by tier",
+            queue_dispatched.clone(),
+        );
+        registry.register(
+            "queue_expired",
+            "Requests that waited their tier's max-wait and were answered 503, by tier",
+            queue_expired.clone(),
+        );
+        registry.register(
+            "queue_left",
+            "Requests whose client left while they waited, by tier",
+            queue_left.clone(),
+        );
+        registry.register(
+            "queue_refused",
+            "Requests refused at once because their user had max-queued waiting, by tier",
+            queue_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -171,6 +228,12 @@ impl Default for Metrics {
             host_requests,
             host_failovers,
             host_loads,
+            queue_waiting,
+            queue_wait,
+            queue_dispatched,
+            queue_expired,
+            queue_left,
+            queue_refused,
         }
     }
 }

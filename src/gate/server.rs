@@ -29,7 +29,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 
 use super::error::{Dialect, GateError};
-use super::metrics::{KindLabel, Metrics};
+use super::metrics::KindLabel;
 use super::{State, addr, handler};
 
 /// hyper's own cap on a request head; past it hyper answers 431 itself. Heads under it
@@ -316,14 +316,16 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-/// Serves `GET /metrics` (Prometheus text) on its own listener until `shutdown`.
+/// Serves `GET /metrics` (Prometheus text) and `GET /status` (what `aigate top` shows,
+/// JSON) on their own listener until `shutdown`.
 pub async fn run_metrics(
     listener: TcpListener,
-    metrics: Arc<Metrics>,
+    shared: super::Shared,
     shutdown: impl Future<Output = ()>,
 ) {
     use super::respond;
-    use hyper::{Response, header};
+    use hyper::{Response, StatusCode, header};
+    let started = std::time::Instant::now();
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -336,22 +338,27 @@ pub async fn run_metrics(
             },
             () = &mut shutdown => break,
         };
-        let metrics = metrics.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
+                let shared = shared.clone();
                 async move {
-                    let resp = if req.uri().path() == "/metrics" {
-                        let mut r = Response::new(respond::full(metrics.encode()));
-                        r.headers_mut().insert(
-                            header::CONTENT_TYPE,
-                            header::HeaderValue::from_static(
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            ),
-                        );
-                        r
-                    } else {
-                        GateError::NotFound("Not Found".into()).into_response(Dialect::Ollama)
+                    let resp = match req.uri().path() {
+                        "/metrics" => {
+                            let mut r = Response::new(respond::full(shared.metrics.encode()));
+                            r.headers_mut().insert(
+                                header::CONTENT_TYPE,
+                                header::HeaderValue::from_static(
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                ),
+                            );
+                            r
+                        }
+                        "/status" => respond::json(
+                            StatusCode::OK,
+                            &super::status::status(&shared.fleet, &shared.queue, started),
+                        ),
+                        _ => GateError::NotFound("Not Found".into()).into_response(Dialect::Ollama),
                     };
                     Ok::<_, std::convert::Infallible>(resp)
                 }

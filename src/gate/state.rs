@@ -1,5 +1,5 @@
 //! What a request handler reaches: the shared verifier, recorder, metrics, login
-//! throttle and hosts, and one worker's own connection pool and metric handles.
+//! throttle, hosts and queue, and one worker's own connection pool and metric handles.
 
 use std::sync::Arc;
 
@@ -7,11 +7,13 @@ use super::authn::Verifier;
 use super::config::Config;
 use super::fleet::Fleet;
 use super::metrics::{Handles, Metrics};
+use super::queue::Queue;
 use super::recorder::Recorder;
 use super::throttle::LoginThrottle;
 use super::upstream::Pool;
 
-/// What all workers share: credentials, recorded usage, metrics, login counters, hosts.
+/// What all workers share: credentials, recorded usage, metrics, login counters, hosts,
+/// the queue for their slots.
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub verifier: Arc<Verifier>,
@@ -19,17 +21,19 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub login: Arc<LoginThrottle>,
     pub fleet: Arc<Fleet>,
+    pub queue: Arc<Queue>,
 }
 
 impl Shared {
     /// Shared state over `verifier`, `recorder` and `fleet` (whose metrics are used),
-    /// with fresh login counters.
+    /// with fresh login counters and an empty queue.
     pub fn new(verifier: Arc<Verifier>, recorder: Arc<Recorder>, fleet: Arc<Fleet>) -> Shared {
         Shared {
             verifier,
             recorder,
             metrics: fleet.metrics().clone(),
             login: Arc::default(),
+            queue: Arc::new(Queue::new(fleet.metrics().clone())),
             fleet,
         }
     }
@@ -46,6 +50,7 @@ pub struct State {
     pub pool: Pool,
     pub login: Arc<LoginThrottle>,
     pub fleet: Arc<Fleet>,
+    pub queue: Arc<Queue>,
     /// This worker's number: which of each host's idle connection lists is its own.
     pub worker: usize,
 }
@@ -72,6 +77,7 @@ impl State {
             pool,
             login: shared.login.clone(),
             fleet: shared.fleet.clone(),
+            queue: shared.queue.clone(),
             worker,
         }
     }

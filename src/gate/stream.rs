@@ -12,9 +12,9 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use super::State;
 use super::authn::Principal;
-use super::fleet::Slot;
 use super::idle::Idle;
 use super::limits::{self, Admitted};
+use super::queue::Ticket;
 use super::respond::BoxError;
 use super::tap::{Scanner, Seen};
 use super::upstream::Lease;
@@ -29,8 +29,9 @@ pub struct Accounting {
     pub model: Option<String>,
     /// The request body's length, for a prompt the upstream does not count.
     pub request_bytes: u64,
-    /// The request's slot on its host, given back as this drops.
-    pub slot: Option<Slot>,
+    /// The request's slot on its host, given back (and the next waiting request
+    /// dispatched) as this drops, after the caller's concurrency slot.
+    pub ticket: Option<Ticket>,
 }
 
 /// Bytes of a prompt counted as one token when the upstream reports no counts: about
@@ -38,7 +39,7 @@ pub struct Accounting {
 const BYTES_PER_TOKEN: u64 = 4;
 
 impl Accounting {
-    fn finish(self, scanner: Option<Scanner>) {
+    fn finish(mut self, scanner: Option<Scanner>) {
         let mut seen = Seen::default();
         if let Some(sc) = scanner {
             let (reported, delivered) = (sc.reported(), sc.delivered());
@@ -50,6 +51,9 @@ impl Accounting {
                 seen.completion_tokens = delivered;
                 seen.prompt_tokens = self.request_bytes.div_ceil(BYTES_PER_TOKEN);
             }
+        }
+        if let Some(t) = self.ticket.as_mut() {
+            t.tokens = seen.completion_tokens;
         }
         let p = self.admitted.caller();
         let tokens = seen.prompt_tokens + seen.completion_tokens;
@@ -78,7 +82,8 @@ impl Accounting {
             },
         );
         self.state.metrics.streams.dec();
-        // The concurrency slot (if any) is released here, as `self` drops.
+        // The concurrency slot (if any) and then the host's slot are released here, as
+        // `self` drops.
     }
 }
 
@@ -213,7 +218,7 @@ impl Tapped {
     fn host(&self) -> String {
         self.accounting
             .as_ref()
-            .and_then(|a| a.slot.as_ref())
+            .and_then(|a| a.ticket.as_ref())
             .map_or_else(String::new, |s| format!(" {}", s.host().name))
     }
 

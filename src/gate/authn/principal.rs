@@ -9,6 +9,7 @@ use super::AuthError;
 use crate::auth::jwt::{self, Claims};
 use crate::gate::limits::{Budgeted, LimitState, Limits};
 use crate::gate::models::ModelFilter;
+use crate::gate::queue::Class;
 use crate::store::keys::AuthRow;
 use crate::store::tiers::Tier;
 use crate::store::{now, users};
@@ -25,6 +26,8 @@ pub struct Principal {
     pub tier: String,
     pub admin: bool,
     pub limits: Limits,
+    /// How its requests wait for a slot (its tier's).
+    pub class: Class,
     /// The model allow-list; `None`: every model is allowed.
     pub models: Option<ModelFilter>,
     /// When the key stops working (`None`: never).
@@ -50,6 +53,16 @@ impl Budgeted for Principal {
     }
 }
 
+/// How a tier's requests wait for a slot; a tier that vanished never gets this far.
+fn class_of(tier: Option<&Tier>) -> Class {
+    tier.map_or_else(Class::default, |t| Class {
+        priority: t.priority,
+        weight: t.weight.max(1),
+        max_wait: t.max_wait.map(std::time::Duration::from_secs),
+        max_queued: t.max_queued,
+    })
+}
+
 /// The principal of a key row: the key's overrides over its tier's limits.
 pub fn resolve(row: &AuthRow, tiers: &HashMap<String, Tier>, state: Arc<LimitState>) -> Principal {
     let k = &row.key;
@@ -71,6 +84,7 @@ pub fn resolve(row: &AuthRow, tiers: &HashMap<String, Tier>, state: Arc<LimitSta
             concurrency: o.concurrency.or(tier.and_then(|t| t.concurrency)),
             tokens_per_day: o.tokens_per_day.or(tier.and_then(|t| t.tokens_per_day)),
         },
+        class: class_of(tier),
         models: ModelFilter::new(&models),
         expires_at: k.expires_at,
         // A key whose tier vanished is refused rather than given unknown limits.
@@ -100,6 +114,7 @@ pub fn resolve_user(
             concurrency: tier.and_then(|t| t.concurrency),
             tokens_per_day: tier.and_then(|t| t.tokens_per_day),
         },
+        class: class_of(tier),
         models: ModelFilter::new(&tier.map(|t| t.models.clone()).unwrap_or_default()),
         expires_at: None,
         refused: u.disabled || tier.is_none(),
