@@ -56,7 +56,7 @@ fn host(slots: u32, metrics: &Metrics) -> Arc<Host> {
     h
 }
 
-fn ask<'a>(budget: &'a Arc<LimitState>, host: &Arc<Host>) -> Ask<'a> {
+fn ask<'a>(budget: &'a Arc<LimitState>, host: &'a Arc<Host>) -> Ask<'a> {
     Ask {
         budget,
         user: None,
@@ -64,8 +64,8 @@ fn ask<'a>(budget: &'a Arc<LimitState>, host: &Arc<Host>) -> Ask<'a> {
         tier: "free",
         class: Class::default(),
         concurrency: None,
-        hosts: vec![host.clone()],
-        model: Some(model_key("llama3.2")),
+        hosts: std::slice::from_ref(host),
+        model: Some("llama3.2:latest"),
     }
 }
 

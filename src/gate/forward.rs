@@ -164,6 +164,7 @@ pub async fn forward(
     let mut ticket = None;
     let reordered: Vec<Arc<Host>>;
     let hosts = if route == Route::Proxy {
+        let key = model.as_deref().map(model_key);
         let ask = Ask {
             budget: &principal.state,
             user: principal.user.as_deref(),
@@ -171,8 +172,8 @@ pub async fn forward(
             tier: &principal.tier,
             class: principal.class,
             concurrency: principal.limits.concurrency,
-            hosts: hosts.to_vec(),
-            model: model.as_deref().map(model_key),
+            hosts,
+            model: key.as_deref(),
         };
         let t = state
             .queue

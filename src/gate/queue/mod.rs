@@ -64,9 +64,9 @@ pub struct Ask<'a> {
     /// The caller's limit of requests in flight.
     pub concurrency: Option<u32>,
     /// The hosts that can serve it, best first.
-    pub hosts: Vec<Arc<Host>>,
+    pub hosts: &'a [Arc<Host>],
     /// Its model's key ([`super::fleet::model_key`]), when it names one.
-    pub model: Option<String>,
+    pub model: Option<&'a str>,
 }
 
 /// Why a request did not get a slot.
@@ -160,10 +160,11 @@ impl Drop for Ticket {
             let mut g = queue.lock();
             // Given back under the lock, so that no waiting request misses it.
             drop(self.slot.take());
-            let second = queue.second();
+            let now = Instant::now();
+            let second = now.duration_since(queue.started).as_secs();
             if let Some(f) = g.flows.get_mut(&self.flow) {
                 f.in_flight -= 1;
-                f.active = Instant::now();
+                f.active = now;
                 f.tokens.add(second, self.tokens);
                 if self.counted {
                     f.budget
@@ -257,7 +258,7 @@ impl Queue {
             let held = g.over_budget(flow, ask.concurrency);
             // Nobody waits: the request goes now if it can.
             if g.waiting.is_empty() && !held {
-                match order::pick(&ask.hosts, ask.model.as_deref(), 0, |_| 0) {
+                match order::pick(ask.hosts, ask.model, 0, |_| 0) {
                     Pick::Host(h) => {
                         let place = g.place(flow, &class);
                         return Ok(g.grant(self, &place, flow, tier, ask.concurrency, h, since));
@@ -283,8 +284,8 @@ impl Queue {
                     flow,
                     tier,
                     concurrency: ask.concurrency,
-                    hosts: ask.hosts,
-                    model: ask.model,
+                    hosts: ask.hosts.to_vec(),
+                    model: ask.model.map(str::to_string),
                     since,
                     tx,
                 },
@@ -478,7 +479,7 @@ mod tests {
         budget: &'a Arc<LimitState>,
         tier: &'a str,
         class: Class,
-        hosts: &[Arc<Host>],
+        hosts: &'a [Arc<Host>],
     ) -> Ask<'a> {
         Ask {
             budget,
@@ -487,8 +488,8 @@ mod tests {
             tier,
             class,
             concurrency: None,
-            hosts: hosts.to_vec(),
-            model: Some(model_key("m")),
+            hosts,
+            model: Some("m:latest"),
         }
     }
 

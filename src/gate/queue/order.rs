@@ -8,7 +8,9 @@
 //! ordered map, `O(log n)`), and weights need no quantum to be tuned.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -113,7 +115,8 @@ pub struct Inner {
     pub waiting: BTreeMap<Place, Waiter>,
     pub flows: HashMap<usize, Flow>,
     /// Each priority's virtual time: the start tag of its last dispatched request.
-    pub bands: HashMap<i32, u64>,
+    /// Priorities are few: a list.
+    pub bands: Vec<(i32, u64)>,
     pub tiers: Vec<TierCounts>,
     pub seq: u64,
     /// The hosts the waiting requests could go to, with how many wait for each: a pass
@@ -204,7 +207,11 @@ impl Inner {
     /// The place of a new request of `flow` (created if new) in `class`'s band, its flow
     /// charged for it.
     pub fn place(&mut self, flow: usize, class: &Class) -> Place {
-        let v = self.bands.get(&class.priority).copied().unwrap_or(0);
+        let v = self
+            .bands
+            .iter()
+            .find(|(p, _)| *p == class.priority)
+            .map_or(0, |(_, v)| *v);
         let f = self
             .flows
             .get_mut(&flow)
@@ -264,8 +271,10 @@ impl Inner {
         host: Arc<Host>,
         since: Instant,
     ) -> Ticket {
-        let band = self.bands.entry(place.rank.0).or_insert(0);
-        *band = (*band).max(place.start);
+        match self.bands.iter_mut().find(|(p, _)| *p == place.rank.0) {
+            Some((_, v)) => *v = (*v).max(place.start),
+            None => self.bands.push((place.rank.0, place.start)),
+        }
         let f = self.flows.get_mut(&flow).expect("a granted request's flow");
         f.in_flight += 1;
         f.active = since;
