@@ -266,7 +266,7 @@ complete -c aigate -n "__fish_aigate_using_subcommand serve" -l idle-timeout -d 
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l header-timeout -d 'Time a client has to send its request head (slowloris guard)' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l body-timeout -d 'Longest silence between two pieces of a request body (a stalled upload is answered 408)' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l shutdown-timeout -d 'On SIGTERM/SIGINT, how long in-flight requests may take to finish' -r
-complete -c aigate -n "__fish_aigate_using_subcommand serve" -l metrics-listen -d 'Serve Prometheus metrics on this separate address, IP:PORT or HOST:PORT (off by default)' -r
+complete -c aigate -n "__fish_aigate_using_subcommand serve" -l metrics-listen -d 'Serve Prometheus metrics (/metrics) and the live status `aigate top` reads (/status) on this separate address, IP:PORT or HOST:PORT (off by default)' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l workers -d 'Worker threads, each with its own listener (SO_REUSEPORT), runtime and upstream connections [default: one per CPU]' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l cors-origin -d 'Answer CORS preflight for this browser origin (repeatable)' -r
 complete -c aigate -n "__fish_aigate_using_subcommand serve" -l max-conns-per-ip -d 'Most open connections from one client address (an IPv6 /64 is one address; --trusted-proxy peers are exempt)' -r

@@ -552,7 +552,12 @@ pub enum ModelCommand {
     client address (an IPv6 /64 is one address), and 10 per 15 minutes per account from \
     one address; then 429 with Retry-After. Successful and malformed attempts do not \
     count. At most one password check per two CPUs runs at once; logins beyond a short \
-    queue get 503 with Retry-After."
+    queue get 503 with Retry-After.\n\n\
+    Generation waits in the gate for a free slot on a host stored with `aigate host add \
+    --slots N`: higher tier priority first, then users in turn by tier weight; a request \
+    past its tier's max-queued gets 429, one that waits its max-wait gets 503 with \
+    Retry-After (`aigate tier set`). Hosts given by --upstream have no declared slots: \
+    Ollama queues their requests. `aigate top` shows the queue live."
 )]
 pub struct ServeArgs {
     /// Address to listen on (IP:PORT, or HOST:PORT resolved at start)
@@ -640,8 +645,8 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish
     #[arg(long, env = "AIGATE_SHUTDOWN_TIMEOUT", default_value = "30s", value_name = "DUR", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
-    /// Serve Prometheus metrics on this separate address, IP:PORT or HOST:PORT (off by
-    /// default)
+    /// Serve Prometheus metrics (/metrics) and the live status `aigate top` reads
+    /// (/status) on this separate address, IP:PORT or HOST:PORT (off by default)
     #[arg(long, env = "AIGATE_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_addr)]
     pub metrics_listen: Option<SocketAddr>,
     /// Worker threads, each with its own listener (SO_REUSEPORT), runtime and upstream
