@@ -232,7 +232,10 @@ impl Queue {
         let since = Instant::now();
         let flow = Arc::as_ptr(ask.budget) as usize;
         let class = ask.class;
-        let (place, tier, rx, undelivered) = {
+        // Tickets whose clients left at the instant they were dispatched: dropped (which
+        // takes the lock) only after the lock is released, on every path out.
+        let mut undelivered = Vec::new();
+        let (place, tier, rx) = {
             let mut g = self.lock();
             let tier = g.tier(ask.tier, class.priority, &self.metrics);
             let f = g.flows.entry(flow).or_insert_with(|| Flow {
@@ -256,9 +259,16 @@ impl Queue {
             }
             let waiting = f.waiting;
             let held = g.over_budget(flow, ask.concurrency);
-            // Nobody waits: the request goes now if it can.
-            if g.waiting.is_empty() && !held {
-                match order::pick(ask.hosts, ask.model, 0, |_| 0) {
+            if !held {
+                // Those waiting have first claim on a free slot (a host that came back
+                // or loaded a model since the last pass may have one for them); what
+                // they leave, the request takes now.
+                let mut pick = order::pick(ask.hosts, ask.model, 0, |_| 0);
+                if matches!(pick, Pick::Host(_)) && !g.waiting.is_empty() {
+                    undelivered = g.dispatch(self, false);
+                    pick = order::pick(ask.hosts, ask.model, 0, |_| 0);
+                }
+                match pick {
                     Pick::Host(h) => {
                         let place = g.place(flow, &class);
                         return Ok(g.grant(self, &place, flow, tier, ask.concurrency, h, since));
@@ -290,8 +300,10 @@ impl Queue {
                     tx,
                 },
             );
-            let undelivered = g.dispatch(self, false);
-            (place, tier, rx, undelivered)
+            // Its place among those waiting may let it take a slot it would not take
+            // first in line (a host that must load its model, when enough wait ahead).
+            undelivered.extend(g.dispatch(self, false));
+            (place, tier, rx)
         };
         drop(undelivered);
         let mut leave = Leave {
@@ -507,6 +519,13 @@ mod tests {
         })
     }
 
+    /// The next answer, or a failure rather than a hang.
+    async fn next<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> Option<T> {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an answer within 10 s")
+    }
+
     fn leak<T>(v: T) -> &'static T {
         Box::leak(Box::new(v))
     }
@@ -594,7 +613,7 @@ mod tests {
         let mut held = first;
         for _ in 0..6 {
             drop(held);
-            let (label, r) = rx.recv().await.expect("a dispatch");
+            let (label, r) = next(&mut rx).await.expect("a dispatch");
             order.push(label);
             held = r.expect("a ticket");
         }
@@ -623,7 +642,7 @@ mod tests {
         let mut served = (0, 0);
         for _ in 0..40 {
             drop(held);
-            let (label, r) = rx.recv().await.expect("a dispatch");
+            let (label, r) = next(&mut rx).await.expect("a dispatch");
             if label == "one" {
                 served.0 += 1;
             } else {
@@ -662,7 +681,7 @@ mod tests {
                 concurrency: None
             })
         );
-        let (_, expired) = rx.recv().await.expect("an answer");
+        let (_, expired) = next(&mut rx).await.expect("an answer");
         assert!(matches!(expired, Err(Refusal::Expired { retry_after: 1 })));
         assert_eq!(q.status().tiers[0].waiting, 0);
         // A client that leaves is removed and never gets the slot.
@@ -702,7 +721,7 @@ mod tests {
         settle().await;
         assert_eq!(h.in_flight(), 1, "the host has room, the caller has not");
         drop(first);
-        let (_, second) = rx.recv().await.expect("dispatched");
+        let (_, second) = next(&mut rx).await.expect("dispatched");
         let second = second.expect("ticket");
         assert_eq!(user.inflight.load(std::sync::atomic::Ordering::Relaxed), 1);
         drop(second);
@@ -755,17 +774,45 @@ mod tests {
             tx.clone(),
             "second",
         );
-        let (label, r) = rx.recv().await.expect("dispatched");
+        let (label, r) = next(&mut rx).await.expect("dispatched");
         assert_eq!(
             (label, r.expect("ticket").host().name.as_str()),
             ("second", "cold")
         );
         drop(held);
-        let (label, r) = rx.recv().await.expect("dispatched");
+        let (label, r) = next(&mut rx).await.expect("dispatched");
         assert_eq!(
             (label, r.expect("ticket").host().name.as_str()),
             ("first", "warm")
         );
+    }
+
+    #[tokio::test]
+    async fn a_free_slot_is_taken_at_once_while_others_wait_for_another_host() {
+        let q = Arc::new(Queue::new(Arc::default()));
+        let busy = leak(vec![host("busy", 1, &["m"])]);
+        let free = leak(vec![host("free", 1, &["m"])]);
+        let user = leak(Arc::new(LimitState::default()));
+        let held = q
+            .enter(ask(user, "t", Class::default(), busy))
+            .await
+            .expect("slot");
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        spawn(&q, ask(user, "t", Class::default(), busy), tx, "waits");
+        settle().await;
+        // A tier that never waits still gets a slot nobody waiting can use.
+        let never = Class {
+            max_queued: Some(0),
+            ..Class::default()
+        };
+        let other = leak(Arc::new(LimitState::default()));
+        let t = q
+            .enter(ask(other, "t", never, free))
+            .await
+            .expect("the free host's slot");
+        assert_eq!(t.host().name, "free");
+        assert_eq!(q.status().tiers[0].waiting, 1);
+        drop((t, held));
     }
 
     #[tokio::test]
@@ -783,7 +830,7 @@ mod tests {
         settle().await;
         h.failed(true);
         q.tick();
-        let (_, r) = rx.recv().await.expect("answered");
+        let (_, r) = next(&mut rx).await.expect("answered");
         assert_eq!(r.map(|_| ()), Err(Refusal::NoHost));
         drop(held);
     }
