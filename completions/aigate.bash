@@ -46,6 +46,9 @@ _aigate() {
             aigate,tier)
                 cmd="aigate__subcmd__tier"
                 ;;
+            aigate,top)
+                cmd="aigate__subcmd__top"
+                ;;
             aigate,usage)
                 cmd="aigate__subcmd__usage"
                 ;;
@@ -81,6 +84,9 @@ _aigate() {
                 ;;
             aigate__subcmd__help,tier)
                 cmd="aigate__subcmd__help__subcmd__tier"
+                ;;
+            aigate__subcmd__help,top)
+                cmd="aigate__subcmd__help__subcmd__top"
                 ;;
             aigate__subcmd__help,usage)
                 cmd="aigate__subcmd__help__subcmd__usage"
@@ -332,7 +338,7 @@ _aigate() {
 
     case "${cmd}" in
         aigate)
-            opts="-h -V --db --help --version init key user tier host model usage audit status serve completions help"
+            opts="-h -V --db --help --version init key user tier host model usage audit status serve top completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -394,7 +400,7 @@ _aigate() {
             return 0
             ;;
         aigate__subcmd__help)
-            opts="init key user tier host model usage audit status serve completions help"
+            opts="init key user tier host model usage audit status serve top completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -760,6 +766,20 @@ _aigate() {
         aigate__subcmd__help__subcmd__tier__subcmd__set)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__help__subcmd__top)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -1829,6 +1849,32 @@ _aigate() {
                     return 0
                     ;;
                 --max-queued)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aigate__subcmd__top)
+            opts="-h -V --metrics --interval --once --json --db --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --metrics)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --interval)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -40,7 +40,8 @@ impl Cli {
         Cli::try_parse_with_tips(std::env::args_os()).unwrap_or_else(|e| e.exit())
     }
 
-    /// [`Parser::try_parse_from`], plus a "similar subcommand" tip where clap has none.
+    /// [`Parser::try_parse_from`], plus a "similar subcommand" tip where clap has none,
+    /// and the usage errors clap cannot express (see [`Cli::checked`]).
     ///
     /// clap suggests a subcommand whose Jaro similarity to the mistyped one is above 0.7.
     /// For a three-letter name Jaro only matches letters in the same place, so `kye`
@@ -53,7 +54,33 @@ impl Cli {
         T: Into<std::ffi::OsString> + Clone,
     {
         let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-        Cli::try_parse_from(&args).map_err(|e| with_subcommand_tip(e, &args))
+        Cli::try_parse_from(&args)
+            .map_err(|e| with_subcommand_tip(e, &args))?
+            .checked()
+    }
+
+    /// Refuses what clap's attributes cannot: `top` with neither `--metrics` nor
+    /// `AIGATE_METRICS_LISTEN` (a required argument's error would not name the variable).
+    fn checked(self) -> Result<Cli, clap::Error> {
+        use clap::CommandFactory;
+        if let Command::Top(top) = &self.command
+            && top.metrics.is_none()
+        {
+            let mut root = Cli::command();
+            root.build();
+            let err = match root.find_subcommand_mut("top") {
+                Some(cmd) => cmd.error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    NO_METRICS_ADDR,
+                ),
+                None => root.error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    NO_METRICS_ADDR,
+                ),
+            };
+            return Err(err);
+        }
+        Ok(self)
     }
 }
 
@@ -168,6 +195,8 @@ pub enum Command {
     Status(JsonArg),
     /// Run the authenticating proxy in front of Ollama
     Serve(Box<ServeArgs>),
+    /// Show a running gate live: hosts, requests waiting and in flight, tokens per second
+    Top(TopArgs),
     /// Print a shell completion script
     Completions {
         /// The shell
@@ -676,6 +705,44 @@ pub struct ServeArgs {
     pub audit_retention: Duration,
 }
 
+/// `aigate top`: what a running `aigate serve` shows at `GET /status` on its metrics
+/// listener. Reads no database.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The view is redrawn in place every --interval until Ctrl-C. When \
+    standard output is not a terminal, top prints one view and exits, as with --once. \
+    SLOTS is requests generating / the slots declared with `aigate host add --slots` (- for a \
+    host given by --upstream, which queues for itself). TOK/S counts completion tokens over \
+    the last 10 s, as responses end."
+)]
+pub struct TopArgs {
+    /// The gate's metrics listener (its --metrics-listen), IP:PORT or HOST:PORT
+    #[arg(long, env = "AIGATE_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_addr)]
+    pub metrics: Option<SocketAddr>,
+    /// How often the view is redrawn (100ms to 1h)
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Print one view and exit
+    #[arg(long)]
+    pub once: bool,
+    /// Print the gate's status document as JSON and exit
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `aigate top` says when it has no address to ask.
+pub const NO_METRICS_ADDR: &str = "no address for the gate's metrics listener: pass --metrics \
+    ADDR or set AIGATE_METRICS_LISTEN (what `aigate serve --metrics-listen` was given)";
+
+/// How often `aigate top` redraws: a duration from 100ms to 1h.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) {
+        return Err("the interval must be from 100ms to 1h".into());
+    }
+    Ok(d)
+}
+
 /// A retention: a duration, or `off`/`0` (as [`Duration::ZERO`]) for none.
 fn parse_retention(s: &str) -> Result<Duration, String> {
     match s.trim() {
@@ -685,8 +752,8 @@ fn parse_retention(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// An address to listen on: `IP:PORT`, or `HOST:PORT` resolved now to the first address
-/// the resolver gives (`localhost:8080`).
+/// An address to listen on or connect to: `IP:PORT`, or `HOST:PORT` resolved now to the
+/// first address the resolver gives (`localhost:8080`).
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     let bad = |why: String| format!("expected IP:PORT or HOST:PORT (e.g. 127.0.0.1:8080): {why}");
     s.to_socket_addrs()
@@ -797,6 +864,44 @@ mod tests {
         assert_eq!(edit_distance("ky", "key"), 1);
         assert_eq!(edit_distance("tier", "user"), 2);
         assert_eq!(edit_distance("", "key"), 3);
+    }
+
+    fn top(args: &[&str]) -> Result<TopArgs, clap::Error> {
+        let argv = ["aigate", "top"].iter().chain(args);
+        match Cli::try_parse_with_tips(argv)?.command {
+            Command::Top(a) => Ok(a),
+            other => panic!("not top: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn top_takes_an_address_and_an_interval_it_can_keep() {
+        let a = top(&[
+            "--metrics",
+            "localhost:9090",
+            "--interval",
+            "250ms",
+            "--once",
+        ])
+        .expect("parse");
+        let addr = a.metrics.expect("an address");
+        assert!(addr.ip().is_loopback() && addr.port() == 9090, "{addr}");
+        assert_eq!(a.interval, Duration::from_millis(250));
+        assert!(a.once && !a.json);
+        let a = top(&["--metrics", "127.0.0.1:9090"]).expect("parse");
+        assert_eq!(a.interval, Duration::from_secs(1));
+        for bad in ["0s", "99ms", "1h1s", "soon"] {
+            let e = top(&["--metrics", "127.0.0.1:9090", "--interval", bad]).expect_err(bad);
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+        }
+        // The environment of `cargo test` may set the variable serve and top read.
+        if std::env::var_os("AIGATE_METRICS_LISTEN").is_none() {
+            let e = top(&["--json"]).expect_err("no address");
+            assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+            let text = e.to_string();
+            assert!(text.contains(NO_METRICS_ADDR), "{text}");
+            assert!(text.contains("Usage: aigate top"), "{text}");
+        }
     }
 
     fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {

@@ -1,6 +1,6 @@
-//! Everything that talks to a terminal: tables, JSON, confirmations and password
-//! prompts. Nothing here ever waits for input without a terminal, and no text reaches
-//! one as a control character (see [`escape`]).
+//! Everything that talks to a terminal: tables, JSON, confirmations, password prompts
+//! and the live screen of `aigate top`. Nothing here ever waits for input without a
+//! terminal, and no text reaches one as a control character (see [`escape`]).
 
 use std::borrow::Cow;
 use std::io::{IsTerminal, Read, Write};
@@ -104,6 +104,22 @@ pub fn print_table(t: &Rows, empty: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A table laid out as [`print_table`] prints it (or `empty` when it has no rows), as
+/// text without a final newline: for a caller that writes a whole screen at once.
+pub fn table_text(t: &Rows, empty: &str) -> String {
+    if t.rows.is_empty() {
+        empty.to_string()
+    } else if t.rows.len() > PLAIN_ABOVE {
+        let mut out = Vec::new();
+        // Writing into memory cannot fail.
+        let _ = write_plain(&mut out, t);
+        let text = String::from_utf8_lossy(&out);
+        text.trim_end_matches('\n').to_string()
+    } else {
+        comfy(t).to_string()
+    }
+}
+
 fn comfy(t: &Rows) -> Table {
     let mut table = Table::new();
     // No borders, one rule under the header: compact, and easy to read by eye or by awk.
@@ -149,6 +165,76 @@ fn write_plain(out: &mut impl Write, t: &Rows) -> std::io::Result<()> {
         line(out, r)?;
     }
     Ok(())
+}
+
+/// Standard output as a screen redrawn in place from the top (`aigate top`). The cursor
+/// is hidden while it lives and shown again when it is dropped, whatever ended its user
+/// (an error, a signal, a panic).
+pub struct Screen {
+    /// Buffered: each [`Screen::draw`] reaches the terminal as one write, so it never
+    /// shows half a frame.
+    term: console::Term,
+    /// The size at the last draw: after a resize the whole screen is cleared once.
+    size: (u16, u16),
+}
+
+impl Screen {
+    /// Whether standard output is a terminal that can move its cursor (not a pipe, a
+    /// file, or `TERM=dumb`).
+    pub fn available() -> bool {
+        console::Term::stdout().is_term() && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+    }
+
+    /// The screen on standard output, cleared and with the cursor hidden. Only where
+    /// [`Screen::available`].
+    pub fn open() -> std::io::Result<Screen> {
+        let term = console::Term::buffered_stdout();
+        let screen = Screen {
+            size: term.size(),
+            term,
+        };
+        screen.term.hide_cursor()?;
+        screen.term.clear_screen()?;
+        screen.term.flush()?;
+        Ok(screen)
+    }
+
+    /// Rows and columns now.
+    pub fn size(&self) -> (usize, usize) {
+        let (rows, cols) = self.term.size();
+        (usize::from(rows), usize::from(cols))
+    }
+
+    /// Replaces what the screen shows with `text`, cut to fit: lines to the width, and
+    /// one line fewer than the height, so that the last newline never scrolls it. Each
+    /// line overwrites the old one in place (no blank frame in between), and what is
+    /// left below is cleared.
+    pub fn draw(&mut self, text: &str) -> std::io::Result<()> {
+        let size = self.term.size();
+        if size != self.size {
+            self.size = size;
+            self.term.clear_screen()?;
+        }
+        let (rows, cols) = (usize::from(size.0), usize::from(size.1));
+        self.term.move_cursor_to(0, 0)?;
+        for line in text.lines().take(rows.saturating_sub(1).max(1)) {
+            self.term.clear_line()?;
+            self.term
+                .write_str(&console::truncate_str(line, cols, ""))?;
+            self.term.write_str("\n")?;
+        }
+        self.term.clear_to_end_of_screen()?;
+        self.term.flush()
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        // The line under the last frame may hold an echoed ^C: the prompt takes its place.
+        let _ = self.term.clear_line();
+        let _ = self.term.show_cursor();
+        let _ = self.term.flush();
+    }
 }
 
 /// Prints `label  value` lines, labels right-aligned to the longest, under an optional

@@ -1,5 +1,6 @@
 //! The admin commands, one file per command group, each subcommand one function run
-//! against the database. What they print goes through [`crate::output`].
+//! against the database (`top` asks a running serve instead). What they print goes
+//! through [`crate::output`].
 
 mod audit;
 mod host;
@@ -8,6 +9,7 @@ mod model;
 mod serve;
 mod status;
 mod tier;
+mod top;
 mod usage;
 mod user;
 
@@ -31,6 +33,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(a) => audit::run(&db, a),
         Command::Status(a) => status::run(&db, a.json),
         Command::Serve(a) => serve::run(&db, *a),
+        // Reads no database: what it shows comes from a running serve.
+        Command::Top(a) => top::run(a),
         Command::Completions { shell } => completions(shell),
     }
 }
