@@ -380,8 +380,9 @@ async fn a_callers_concurrency_limit_waits_in_the_queue() {
     assert_eq!(prompts(&fake), ["hold", "other", "second"]);
 }
 
-/// On SIGTERM the queue is still served while requests in flight finish; a request that
-/// would still wait near the shutdown timeout is told to retry instead of being cut off.
+/// On SIGTERM the queue is still served while requests in flight finish (and `/status`
+/// still shows it); a request that would still wait near the shutdown timeout is told to
+/// retry instead of being cut off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_serves_the_queue_then_tells_the_rest_to_retry() {
     // Streams of about 1 s.
@@ -400,6 +401,14 @@ async fn shutdown_serves_the_queue_then_tells_the_rest_to_retry() {
     let waiting_one = chat(&gate, &key, "drained");
     until_waiting(&gate, 1).await;
     gate.sigterm();
+    // The metrics listener still answers while the gate drains.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = status(&gate).await;
+    assert_eq!(
+        (&s["waiting"], &s["in_flight"]),
+        (&json!(1), &json!(1)),
+        "{s}"
+    );
     let body = held.into_body().collect().await.expect("stream").to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("\"done\":true"));
     let r = waiting_one.await.expect("task");

@@ -259,10 +259,12 @@ fn start(plan: Plan) -> anyhow::Result<()> {
         );
         let pool = Arc::new(Pool::new(config.connect_timeout, config.response_timeout));
         tokio::spawn(probe::run(fleet.clone(), pool, config.probe_interval));
+        // The metrics listener answers until the workers have drained, so that /status
+        // shows the queue emptying.
+        let (drained_tx, mut drained_rx) = tokio::sync::watch::channel(false);
         if let Some(ml) = metrics_listener {
-            let mut rx = stop_rx.clone();
             tokio::spawn(server::run_metrics(ml, shared.clone(), async move {
-                let _ = rx.wait_for(|s| *s).await;
+                let _ = drained_rx.wait_for(|s| *s).await;
             }));
         }
         // Once a second: the summaries of ended failure windows, refused connections.
@@ -286,6 +288,17 @@ fn start(plan: Plan) -> anyhow::Result<()> {
         let grace = config.shutdown_timeout.saturating_sub(Duration::from_secs(1));
         shared.queue.stop_at(std::time::Instant::now() + grace);
         tracing::info!("shutting down: no new connections; letting in-flight requests finish");
+        let _ = stop_tx.send(true);
+        // The workers drain on their own threads while this runtime goes on serving
+        // metrics and ticking the queue.
+        let workers = std::mem::take(&mut threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in workers {
+                let _ = t.join();
+            }
+        })
+        .await;
+        let _ = drained_tx.send(true);
         anyhow::Ok(())
     });
     let _ = stop_tx.send(true);
