@@ -6,6 +6,9 @@
 //! - `backlog N`: a host with 2 slots and N requests of 10 users waiting; each round a
 //!   request ends (its slot given back and the next request dispatched, in order) and
 //!   the one dispatched comes back to wait again: the cost of one dispatch with a queue.
+//! - `held N`: one user with a concurrency limit of 1 has N requests waiting (the
+//!   gate's most is 4096) while slots are free; another takes a slot and gives it back:
+//!   every pass looks past the held backlog, the queue's worst case.
 //!
 //! `cargo run --release --example queue [-- REQUESTS]` (default 200000)
 
@@ -28,6 +31,12 @@ fn main() {
     println!(
         "queue: no wait, 2 threads, {requests} requests: p50 {p50:.2} µs, p99 {p99:.2} µs, p99.9 {p999:.2} µs"
     );
+    for held in [100, 4096] {
+        let (p50, p99, p999) = with_held(held, (requests / 10).max(1000));
+        println!(
+            "queue: held {held}, another user's slot taken and given back: p50 {p50:.2} µs, p99 {p99:.2} µs, p99.9 {p999:.2} µs"
+        );
+    }
     for backlog in [100, 1000] {
         let rounds = (requests / 10).max(1000);
         let (p50, p99, p999) = with_backlog(backlog, rounds);
@@ -66,6 +75,8 @@ fn ask<'a>(budget: &'a Arc<LimitState>, host: &'a Arc<Host>) -> Ask<'a> {
         concurrency: None,
         hosts: std::slice::from_ref(host),
         model: Some("llama3.2:latest"),
+        path: "/api/chat",
+        bytes: 0,
     }
 }
 
@@ -150,6 +161,49 @@ fn with_backlog(backlog: usize, rounds: usize) -> (f64, f64, f64) {
             // The user comes back to the end of its share.
             start_one(user);
             held.push(rx.recv().await.expect("dispatched"));
+        }
+        percentiles(&mut times)
+    })
+}
+
+/// Another user's requests on a host with free slots while one user has `held`
+/// requests waiting behind its own concurrency limit.
+fn with_held(held: usize, rounds: usize) -> (f64, f64, f64) {
+    let metrics = Arc::new(Metrics::default());
+    let queue = Arc::new(Queue::new(metrics.clone()));
+    let h = host(4, &metrics);
+    let flood = Arc::new(LimitState::default());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let limited = |budget| Ask {
+            concurrency: Some(1),
+            ..ask(budget, &h)
+        };
+        let _first = queue.enter(limited(&flood)).await.expect("a slot");
+        for _ in 0..held {
+            let (queue, h, flood) = (queue.clone(), h.clone(), flood.clone());
+            tokio::spawn(async move {
+                let a = Ask {
+                    concurrency: Some(1),
+                    ..ask(&flood, &h)
+                };
+                let _ = queue.enter(a).await;
+            });
+        }
+        while queue.status().tiers.iter().map(|t| t.waiting).sum::<u32>() < held as u32 {
+            tokio::task::yield_now().await;
+        }
+        let other = Arc::new(LimitState::default());
+        let mut times = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let start = Instant::now();
+            let t = queue.enter(ask(&other, &h)).await;
+            drop(t);
+            times.push(start.elapsed());
         }
         percentiles(&mut times)
     })

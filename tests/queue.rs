@@ -498,3 +498,37 @@ async fn status_shows_hosts_tiers_and_users() {
         "{s}"
     );
 }
+
+/// A request waiting for a host that is removed (here, replaced by another) goes to the
+/// hosts the fleet has now, not to the one removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_a_removed_host_goes_to_the_fleets_hosts() {
+    let old = FakeOllama::start(slow()).await;
+    let new = FakeOllama::start(FakeOptions::default()).await;
+    let db = Db::new();
+    db.cli(&["host", "add", &old.url(), "--name", "old", "--slots", "1"]);
+    let (_, key) = db.key(&["--tier", "pro"]);
+    let gate = serve(&db, &[]);
+    wait_up(&gate).await;
+    let held = hold(&gate, &key).await;
+    let moved = chat(&gate, &key, "moved");
+    until_waiting(&gate, 1).await;
+    db.cli(&["host", "remove", "old", "--yes"]);
+    db.cli(&["host", "add", &new.url(), "--name", "new", "--slots", "1"]);
+    let swapped = eventually(PATIENCE, || async {
+        let s = status(&gate).await;
+        s["hosts"]
+            .as_array()
+            .is_some_and(|h| h.len() == 1 && h[0]["name"] == "new" && h[0]["state"] == "up")
+    })
+    .await;
+    assert!(swapped.is_some(), "{}", status(&gate).await);
+    drop(held);
+    let r = moved.await.expect("task");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (prompts(&old), prompts(&new)),
+        (vec!["hold".to_string()], vec!["moved".to_string()]),
+        "the waiting request went to the host the fleet has now"
+    );
+}

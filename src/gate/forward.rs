@@ -174,6 +174,8 @@ pub async fn forward(
             concurrency: principal.limits.concurrency,
             hosts,
             model: key.as_deref(),
+            path,
+            bytes: whole.as_ref().map_or(0, |b| b.len() as u64),
         };
         let t = state
             .queue
@@ -354,7 +356,13 @@ fn refused(state: &State, r: Refusal) -> GateError {
             GateError::Limited(rejection)
         }
         Refusal::Full { limit, .. } => GateError::QueueFull(limit),
-        Refusal::Expired { retry_after } => GateError::QueueTimeout { retry_after },
+        // Held to the end by its own limit, not by the hosts.
+        Refusal::Expired {
+            concurrency: Some(limit),
+            ..
+        } => GateError::Limited(Rejection::Concurrency { limit }),
+        Refusal::Expired { retry_after, .. } => GateError::QueueTimeout { retry_after },
+        Refusal::Busy => GateError::QueueTimeout { retry_after: 1 },
         Refusal::NoHost => GateError::HostsDown,
     }
 }

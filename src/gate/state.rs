@@ -33,7 +33,7 @@ impl Shared {
             recorder,
             metrics: fleet.metrics().clone(),
             login: Arc::default(),
-            queue: Arc::new(Queue::new(fleet.metrics().clone())),
+            queue: Arc::new(Queue::for_fleet(fleet.clone())),
             fleet,
         }
     }

@@ -74,6 +74,9 @@ pub struct Host {
     /// In the database (so the gate writes its state back), not given by `--upstream`.
     pub stored: bool,
     draining: AtomicBool,
+    /// No longer one of the fleet's hosts (removed, or replaced by a changed one): the
+    /// requests on it finish, no other goes to it.
+    retired: AtomicBool,
     health: AtomicU8,
     failures: AtomicU32,
     in_flight: AtomicU32,
@@ -115,6 +118,7 @@ impl Host {
             slots: spec.slots.max(1),
             stored: spec.stored,
             draining: AtomicBool::new(spec.draining),
+            retired: AtomicBool::new(false),
             health: AtomicU8::new(UNKNOWN),
             failures: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
@@ -160,9 +164,14 @@ impl Host {
         }
     }
 
-    /// Whether requests may be sent: not known to be down.
+    /// Whether requests may be sent: not known to be down, and still one of the fleet's.
     pub fn usable(&self) -> bool {
-        self.health.load(Ordering::Relaxed) != DOWN
+        self.health.load(Ordering::Relaxed) != DOWN && !self.retired.load(Ordering::Relaxed)
+    }
+
+    /// The host left the fleet.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     /// Whether the host serves `path`: an OpenAI-compatible host only `/v1/*`.

@@ -216,6 +216,9 @@ impl Fleet {
             })
             .collect();
         for gone in &before.hosts {
+            if !hosts.iter().any(|h| Arc::ptr_eq(h, gone)) {
+                gone.retire();
+            }
             if !hosts.iter().any(|h| h.name == gone.name) {
                 self.forget_metrics(&gone.name);
             }

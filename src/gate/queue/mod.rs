@@ -21,7 +21,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
-use super::fleet::{Host, Slot};
+use super::fleet::choose::choose;
+use super::fleet::{Fleet, Host, Slot};
 use super::limits::LimitState;
 use super::metrics::{Metrics, TierLabel};
 use order::{Flow, Inner, Pick, Place, Rate, Waiter};
@@ -67,6 +68,10 @@ pub struct Ask<'a> {
     pub hosts: &'a [Arc<Host>],
     /// Its model's key ([`super::fleet::model_key`]), when it names one.
     pub model: Option<&'a str>,
+    /// Its path, to choose hosts by again if all of `hosts` are removed while it waits.
+    pub path: &'a str,
+    /// The request body it holds while it waits.
+    pub bytes: u64,
 }
 
 /// Why a request did not get a slot.
@@ -78,8 +83,14 @@ pub enum Refusal {
         limit: u32,
         concurrency: Option<u32>,
     },
-    /// It waited its tier's `max-wait` (or the gate is shutting down).
-    Expired { retry_after: u64 },
+    /// It waited its tier's `max-wait` (or the gate is shutting down); `concurrency` is
+    /// the caller's in-flight limit when that, not the hosts, held it to the end.
+    Expired {
+        retry_after: u64,
+        concurrency: Option<u32>,
+    },
+    /// The gate holds as many waiting requests (or bytes of their bodies) as it will.
+    Busy,
     /// Every host that could serve it went down or was drained while it waited.
     NoHost,
 }
@@ -114,6 +125,8 @@ impl TierMetrics {
 pub struct Queue {
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
+    /// Where requests whose hosts were all removed find new ones.
+    fleet: Option<Arc<Fleet>>,
     /// When the gate stops: requests still waiting then give up.
     stop: watch::Sender<Option<Instant>>,
     started: Instant,
@@ -146,10 +159,18 @@ impl Ticket {
         self.waited
     }
 
-    /// Moves the slot to `host` (the request fails over to it).
+    /// Moves the slot to `host` (the request fails over to it), under the queue's lock:
+    /// the slot given back goes to whoever waits for it. The request takes its slot on
+    /// `host` at once, even past the host's slots: it already waited its turn.
     pub fn move_to(&mut self, host: &Arc<Host>) {
-        self.slot = Some(host.take_slot());
-        self.host = host.clone();
+        let queue = self.queue.clone();
+        let undelivered = {
+            let mut g = queue.lock();
+            drop(self.slot.replace(host.take_slot()));
+            self.host = host.clone();
+            g.dispatch(&queue, false)
+        };
+        drop(undelivered);
     }
 }
 
@@ -195,13 +216,20 @@ impl Drop for Leave<'_> {
             return;
         }
         let mut g = self.queue.lock();
-        if let Some(w) = g.remove(&self.place)
+        if let Some(w) = g.remove_unserved(&self.place)
             && let Some(t) = g.tiers.get(w.tier)
         {
             t.metrics.left.inc();
         }
     }
 }
+
+/// Most requests waiting in the gate at once, over every tier: what one pass may have to
+/// look at, whatever the tiers allow.
+pub const MAX_WAITING: usize = 4096;
+
+/// Most bytes of request bodies held by waiting requests at once.
+pub const MAX_WAITING_BYTES: u64 = 1 << 30;
 
 /// How long a flow with nothing waiting or in flight is remembered (for `aigate top`'s
 /// tokens a second).
@@ -213,9 +241,24 @@ impl Queue {
         Queue {
             inner: Mutex::default(),
             metrics,
+            fleet: None,
             stop: watch::Sender::new(None),
             started: Instant::now(),
         }
+    }
+
+    /// An empty queue in front of `fleet`'s hosts, counting into its metrics.
+    pub fn for_fleet(fleet: Arc<Fleet>) -> Queue {
+        Queue {
+            fleet: Some(fleet.clone()),
+            ..Queue::new(fleet.metrics().clone())
+        }
+    }
+
+    /// The fleet's hosts that can serve a request on `path` for `model` now, if any.
+    fn rechoose(&self, path: &str, model: Option<&str>) -> Option<Vec<Arc<Host>>> {
+        let fleet = self.fleet.as_ref()?;
+        choose(&fleet.snapshot().hosts, path, model, fleet.turn()).ok()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -244,6 +287,7 @@ impl Queue {
                 tier,
                 band: class.priority,
                 finish: 0,
+                served: 0,
                 waiting: 0,
                 in_flight: 0,
                 tokens: Rate::default(),
@@ -263,13 +307,13 @@ impl Queue {
                 // Those waiting have first claim on a free slot (a host that came back
                 // or loaded a model since the last pass may have one for them); what
                 // they leave, the request takes now.
-                let mut pick = order::pick(ask.hosts, ask.model, 0, |_| 0);
-                if matches!(pick, Pick::Host(_)) && !g.waiting.is_empty() {
+                let mut pick = order::pick(ask.hosts, ask.model, 0, true, |_| 0);
+                if matches!(pick, Pick::Host(_) | Pick::Cold(_)) && !g.waiting.is_empty() {
                     undelivered = g.dispatch(self, false);
-                    pick = order::pick(ask.hosts, ask.model, 0, |_| 0);
+                    pick = order::pick(ask.hosts, ask.model, 0, true, |_| 0);
                 }
                 match pick {
-                    Pick::Host(h) => {
+                    Pick::Host(h) | Pick::Cold(h) => {
                         let place = g.place(flow, &class);
                         return Ok(g.grant(self, &place, flow, tier, ask.concurrency, h, since));
                     }
@@ -286,6 +330,12 @@ impl Queue {
                     concurrency: ask.concurrency.filter(|_| held),
                 });
             }
+            if g.waiting.len() >= MAX_WAITING
+                || g.bytes.saturating_add(ask.bytes) > MAX_WAITING_BYTES
+            {
+                g.tiers[tier].metrics.refused.inc();
+                return Err(Refusal::Busy);
+            }
             let place = g.place(flow, &class);
             let (tx, rx) = oneshot::channel();
             g.wait(
@@ -296,6 +346,9 @@ impl Queue {
                     concurrency: ask.concurrency,
                     hosts: ask.hosts.to_vec(),
                     model: ask.model.map(str::to_string),
+                    path: ask.path.to_string(),
+                    bytes: ask.bytes,
+                    patience: order::patience(class.max_wait),
                     since,
                     tx,
                 },
@@ -314,6 +367,10 @@ impl Queue {
         let mut rx = rx;
         let mut stop = self.stop.subscribe();
         let deadline = class.max_wait.map(|d| since + d);
+        // When its patience for a loaded host runs out, a pass lets it take a free one.
+        let impatient = tokio::time::sleep_until((since + order::patience(class.max_wait)).into());
+        tokio::pin!(impatient);
+        let mut patient = true;
         loop {
             let stopping = *stop.borrow_and_update();
             let end = match (deadline, stopping) {
@@ -333,13 +390,14 @@ impl Queue {
                 }
                 () = sleep => {
                     leave.armed = false;
-                    let gone = {
+                    let (gone, held) = {
                         let mut g = self.lock();
-                        let gone = g.remove(&place).is_some();
+                        let held = g.over_budget(flow, ask.concurrency);
+                        let gone = g.remove_unserved(&place).is_some();
                         if gone && let Some(t) = g.tiers.get(tier) {
                             t.metrics.expired.inc();
                         }
-                        gone
+                        (gone, held)
                     };
                     if !gone && let Ok(grant) = rx.try_recv() {
                         // Dispatched at the same instant.
@@ -349,7 +407,15 @@ impl Queue {
                         (Some(_), _) | (_, None) => 1,
                         (None, Some(d)) => d.as_secs().clamp(1, 30),
                     };
-                    return Err(Refusal::Expired { retry_after });
+                    return Err(Refusal::Expired {
+                        retry_after,
+                        concurrency: ask.concurrency.filter(|_| held),
+                    });
+                }
+                () = &mut impatient, if patient => {
+                    patient = false;
+                    let undelivered = self.lock().dispatch(self, false);
+                    drop(undelivered);
                 }
                 changed = stop.changed() => {
                     if changed.is_err() {
@@ -502,6 +568,8 @@ mod tests {
             concurrency: None,
             hosts,
             model: Some("m:latest"),
+            path: "/api/chat",
+            bytes: 0,
         }
     }
 
@@ -682,7 +750,13 @@ mod tests {
             })
         );
         let (_, expired) = next(&mut rx).await.expect("an answer");
-        assert!(matches!(expired, Err(Refusal::Expired { retry_after: 1 })));
+        assert!(matches!(
+            expired,
+            Err(Refusal::Expired {
+                retry_after: 1,
+                concurrency: None
+            })
+        ));
         assert_eq!(q.status().tiers[0].waiting, 0);
         // A client that leaves is removed and never gets the slot.
         let unbounded = Class::default();
@@ -759,7 +833,8 @@ mod tests {
         assert_eq!(held.host().name, "warm");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         // The first waits for the warm host rather than load the model on the cold one;
-        // the second would wait a round more, so it takes the cold host.
+        // the second would wait a round more, so the cold host is taken: by the first in
+        // line, and the second waits for the warm one.
         spawn(
             &q,
             ask(user, "t", Class::default(), hosts),
@@ -777,13 +852,13 @@ mod tests {
         let (label, r) = next(&mut rx).await.expect("dispatched");
         assert_eq!(
             (label, r.expect("ticket").host().name.as_str()),
-            ("second", "cold")
+            ("first", "cold")
         );
         drop(held);
         let (label, r) = next(&mut rx).await.expect("dispatched");
         assert_eq!(
             (label, r.expect("ticket").host().name.as_str()),
-            ("first", "warm")
+            ("second", "warm")
         );
     }
 
@@ -833,5 +908,312 @@ mod tests {
         let (_, r) = next(&mut rx).await.expect("answered");
         assert_eq!(r.map(|_| ()), Err(Refusal::NoHost));
         drop(held);
+    }
+
+    /// Failover moves a ticket's slot under the queue's lock: the slot given back on the
+    /// first host goes to the request waiting for it.
+    #[tokio::test]
+    async fn failover_gives_the_slot_left_to_whoever_waits_for_it() {
+        let q = Arc::new(Queue::new(Arc::default()));
+        let a = host("a", 1, &["m"]);
+        let b = host("b", 1, &["m"]);
+        let only_a = leak(vec![a.clone()]);
+        let only_b = leak(vec![b.clone()]);
+        let user = leak(Arc::new(LimitState::default()));
+        let other = leak(Arc::new(LimitState::default()));
+        let mut t = q
+            .enter(ask(user, "t", Class::default(), only_a))
+            .await
+            .expect("slot on a");
+        let on_b = q
+            .enter(ask(other, "t", Class::default(), only_b))
+            .await
+            .expect("slot on b");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        spawn(
+            &q,
+            ask(other, "t", Class::default(), only_a),
+            tx,
+            "waits for a",
+        );
+        settle().await;
+        assert_eq!(q.status().tiers[0].waiting, 1);
+        // forward.rs fails over from a to b: a's slot goes to the request waiting for
+        // it at once; the request failing over takes b's at once (it waited its turn).
+        t.move_to(&b);
+        let (_, woke) = next(&mut rx).await.expect("dispatched");
+        assert_eq!(woke.expect("ticket").host().name, "a");
+        assert_eq!(b.in_flight(), 2);
+        drop((t, on_b));
+        assert_eq!(b.in_flight(), 0);
+    }
+
+    /// Requests that expired (never served) cost their flow nothing: its next request is
+    /// not placed behind everyone else's backlog.
+    #[tokio::test]
+    async fn requests_never_served_cost_their_user_nothing() {
+        let q = Arc::new(Queue::new(Arc::default()));
+        let h = host("a", 1, &["m"]);
+        let hosts = leak(vec![h.clone()]);
+        let holder = leak(Arc::new(LimitState::default()));
+        let a = leak(Arc::new(LimitState::default()));
+        let b = leak(Arc::new(LimitState::default()));
+        let short = Class {
+            max_wait: Some(Duration::from_millis(20)),
+            ..Class::default()
+        };
+        let mut held = q
+            .enter(ask(holder, "t", Class::default(), hosts))
+            .await
+            .expect("slot");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..10 {
+            spawn(&q, ask(a, "t", short, hosts), tx.clone(), "a-expired");
+        }
+        for _ in 0..10 {
+            let (label, r) = next(&mut rx).await.expect("answer");
+            assert_eq!(label, "a-expired");
+            assert!(matches!(r, Err(Refusal::Expired { .. })));
+        }
+        for _ in 0..5 {
+            spawn(&q, ask(b, "t", Class::default(), hosts), tx.clone(), "b");
+            settle().await;
+        }
+        spawn(&q, ask(a, "t", Class::default(), hosts), tx.clone(), "a");
+        settle().await;
+        let mut order = Vec::new();
+        for _ in 0..6 {
+            drop(held);
+            let (label, r) = next(&mut rx).await.expect("dispatch");
+            order.push(label);
+            held = r.expect("ticket");
+        }
+        let a_at = order.iter().position(|l| *l == "a");
+        assert!(a_at.is_some_and(|i| i <= 1), "{order:?}");
+    }
+
+    /// A dispatch on another host (here on an idle host at once) moves the band's virtual
+    /// time to the dispatching flow's far start tag; a newcomer still starts no later
+    /// than the first request waiting, not behind that flow's whole backlog.
+    #[tokio::test]
+    async fn a_grant_elsewhere_does_not_put_a_newcomer_behind_a_backlog() {
+        let q = Arc::new(Queue::new(Arc::default()));
+        let hm = host("hm", 1, &["m"]);
+        let hn = host("hn", 1, &["n"]);
+        let for_m = leak(vec![hm.clone()]);
+        let for_n = leak(vec![hn.clone()]);
+        let heavy = leak(Arc::new(LimitState::default()));
+        let light = leak(Arc::new(LimitState::default()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut held = q
+            .enter(ask(heavy, "t", Class::default(), for_m))
+            .await
+            .expect("slot");
+        for _ in 0..10 {
+            spawn(
+                &q,
+                ask(heavy, "t", Class::default(), for_m),
+                tx.clone(),
+                "heavy",
+            );
+        }
+        settle().await;
+        // One request of the heavy user for the other model, on the idle host.
+        let on_n = q
+            .enter(Ask {
+                model: Some("n:latest"),
+                ..ask(heavy, "t", Class::default(), for_n)
+            })
+            .await
+            .expect("idle host");
+        spawn(
+            &q,
+            ask(light, "t", Class::default(), for_m),
+            tx.clone(),
+            "light",
+        );
+        settle().await;
+        let mut order = Vec::new();
+        for _ in 0..11 {
+            drop(held);
+            let (label, r) = next(&mut rx).await.expect("dispatch");
+            order.push(label);
+            held = r.expect("ticket");
+        }
+        drop(on_n);
+        let at = order.iter().position(|l| *l == "light");
+        assert!(
+            at.is_some_and(|i| i <= 1),
+            "light served at {at:?}: {order:?}"
+        );
+    }
+
+    /// A request waits for its loaded host's busy slot only so long: then it takes the
+    /// idle host that must load the model, well before its max-wait.
+    #[tokio::test]
+    async fn patience_for_a_loaded_host_ends_before_max_wait() {
+        let q = Arc::new(Queue::new(Arc::default()));
+        let warm = host("warm", 1, &["m"]);
+        let cold = host("cold", 1, &[]);
+        let hosts = leak(vec![warm.clone(), cold.clone()]);
+        let user = leak(Arc::new(LimitState::default()));
+        let held = q
+            .enter(ask(user, "t", Class::default(), hosts))
+            .await
+            .expect("slot");
+        let bounded = Class {
+            max_wait: Some(Duration::from_millis(100)),
+            ..Class::default()
+        };
+        let r = q.enter(ask(user, "t", bounded, hosts)).await;
+        assert!(
+            r.is_ok(),
+            "{:?} while the cold host has {} of {} slots in use",
+            r.map(|_| ()),
+            cold.in_flight(),
+            cold.slots
+        );
+        drop(held);
+    }
+
+    /// When a host that must load the model is taken, the first in line takes it: a
+    /// lower priority does not pass a higher one.
+    #[tokio::test]
+    async fn a_cold_host_goes_to_the_first_in_line() {
+        let q = Arc::new(Queue::new(Arc::default()));
+        let warm = host("warm", 1, &["m"]);
+        let cold = host("cold", 1, &[]);
+        let hosts = leak(vec![warm.clone(), cold.clone()]);
+        let holder = leak(Arc::new(LimitState::default()));
+        let pro = leak(Arc::new(LimitState::default()));
+        let free = leak(Arc::new(LimitState::default()));
+        let held = q
+            .enter(ask(holder, "t", Class::default(), hosts))
+            .await
+            .expect("slot");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        spawn(&q, ask(pro, "pro", class(10, 1), hosts), tx.clone(), "pro");
+        settle().await;
+        spawn(
+            &q,
+            ask(free, "free", class(0, 1), hosts),
+            tx.clone(),
+            "free",
+        );
+        let (label, r) = next(&mut rx).await.expect("dispatch");
+        let on = r.map(|t| t.host().name.clone());
+        assert_eq!((label, on), ("pro", Ok("cold".to_string())));
+        drop(held);
+    }
+
+    /// A request held to its max-wait by its caller's own concurrency limit, with the
+    /// host's slots free, says so (the gate answers 429 with the limit, not 503).
+    #[tokio::test]
+    async fn expiry_held_by_the_callers_own_limit_names_the_limit() {
+        let q = Arc::new(Queue::new(Arc::default()));
+        let h = host("a", 4, &["m"]);
+        let hosts = leak(vec![h.clone()]);
+        let user = leak(Arc::new(LimitState::default()));
+        let c = Class {
+            max_wait: Some(Duration::from_millis(50)),
+            ..Class::default()
+        };
+        let limited = |a: Ask<'static>| Ask {
+            concurrency: Some(1),
+            ..a
+        };
+        let _first = q
+            .enter(limited(ask(user, "t", c, hosts)))
+            .await
+            .expect("slot");
+        let r = q.enter(limited(ask(user, "t", c, hosts))).await;
+        assert!(
+            matches!(
+                r,
+                Err(Refusal::Expired {
+                    concurrency: Some(1),
+                    ..
+                })
+            ),
+            "{:?} with {} of 4 slots free",
+            r.map(|_| ()),
+            4 - h.in_flight()
+        );
+    }
+
+    /// Many requests entering, leaving, expiring, failing over and ending at once on two
+    /// threads: every count returns to zero and nothing hangs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn counts_return_to_zero_under_churn() {
+        let q = Arc::new(Queue::new(Arc::default()));
+        let a = host("a", 2, &["m"]);
+        let b = host("b", 2, &[]);
+        let hosts = leak(vec![a.clone(), b.clone()]);
+        let budgets: &'static Vec<Arc<LimitState>> =
+            leak((0..8).map(|_| Arc::new(LimitState::default())).collect());
+        let mut tasks = Vec::new();
+        for i in 0..3000u64 {
+            let q = q.clone();
+            let budget = &budgets[(i % 8) as usize];
+            let class = Class {
+                priority: (i % 3) as i32,
+                weight: 1 + (i % 4) as u32,
+                max_wait: (i % 5 == 0).then(|| Duration::from_millis(i % 7)),
+                max_queued: (i % 11 == 0).then_some(2),
+            };
+            let concurrency = (i % 2 == 0).then_some(1 + (i % 3) as u32);
+            let t = tokio::spawn(async move {
+                let r = q
+                    .enter(Ask {
+                        concurrency,
+                        ..ask(budget, ["x", "y"][(i % 2) as usize], class, hosts)
+                    })
+                    .await;
+                if let Ok(mut t) = r {
+                    if i % 13 == 0 {
+                        t.move_to(&hosts[1]);
+                    }
+                    tokio::time::sleep(Duration::from_micros(i % 500)).await;
+                    drop(t);
+                }
+            });
+            tasks.push(t);
+            if i % 17 == 0 {
+                tokio::task::yield_now().await;
+                if let Some(t) = tasks.iter().rev().nth(3) {
+                    t.abort();
+                }
+            }
+        }
+        // Failover frees slots outside the lock (see above): the tick picks them up.
+        let ticker = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    q.tick();
+                }
+            })
+        };
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .expect("no request hangs");
+        }
+        ticker.abort();
+        let s = q.status();
+        assert_eq!(
+            s.tiers
+                .iter()
+                .map(|t| (t.waiting, t.in_flight))
+                .fold((0, 0), |x, y| (x.0 + y.0, x.1 + y.1)),
+            (0, 0)
+        );
+        assert!(s.users.iter().all(|u| u.waiting == 0 && u.in_flight == 0));
+        assert_eq!((a.in_flight(), b.in_flight()), (0, 0));
+        for b in budgets {
+            assert_eq!(b.inflight.load(std::sync::atomic::Ordering::Relaxed), 0);
+        }
+        assert!(q.lock().hosts.is_empty() && q.lock().waiting.is_empty());
     }
 }

@@ -32,6 +32,8 @@ pub struct Place {
     pub rank: Reverse<i32>,
     pub start: u64,
     pub seq: u64,
+    /// The start tag plus the request's cost: its flow's finish tag once it is served.
+    pub finish: u64,
 }
 
 /// What a waiting request is handed: its ticket, or word that no host is left for it.
@@ -47,6 +49,12 @@ pub struct Waiter {
     pub hosts: Vec<Arc<Host>>,
     /// Its model's key, when it names one.
     pub model: Option<String>,
+    /// Its path, to choose hosts again by when all of its own are gone.
+    pub path: String,
+    /// The request body it holds while it waits.
+    pub bytes: u64,
+    /// How long it waits for a busy host with its model loaded ([`patience`]).
+    pub patience: std::time::Duration,
     pub since: Instant,
     pub tx: oneshot::Sender<Grant>,
 }
@@ -61,6 +69,10 @@ pub struct Flow {
     pub band: i32,
     /// The start tag its next request may not come before.
     pub finish: u64,
+    /// The finish tag of its last request served: what `finish` falls back to when all
+    /// it had waiting left unserved (expired, or their clients left), so that requests
+    /// never served cost it nothing.
+    pub served: u64,
     pub waiting: u32,
     pub in_flight: u32,
     pub tokens: Rate,
@@ -122,6 +134,8 @@ pub struct Inner {
     /// The hosts the waiting requests could go to, with how many wait for each: a pass
     /// that finds none of them with room ends at once.
     pub hosts: HashMap<usize, (Arc<Host>, u32)>,
+    /// The request bodies held by those waiting.
+    pub bytes: u64,
 }
 
 /// A host has room for a request sent now, `extra` more being sent in the same pass: a
@@ -134,23 +148,38 @@ pub fn has_room(h: &Host, extra: u32) -> bool {
 /// What one request can have now.
 #[derive(Debug)]
 pub enum Pick {
+    /// A host with room: its model loaded there, or loaded nowhere it could go.
     Host(Arc<Host>),
+    /// A host with room that must load the model, although a busy host has it loaded:
+    /// taken because enough requests for the model already wait for those.
+    Cold(Arc<Host>),
     /// Nothing free that it should take.
     Wait,
-    /// Every host that could serve it is down or drained.
+    /// Every host that could serve it is down, drained or gone.
     Gone,
+}
+
+/// How long a request waits for a busy host that has its model loaded before it takes a
+/// free one that must load it: about one request on a busy host, against a load of
+/// seconds that also evicts another model.
+pub const WARM_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a request with `max_wait` waits for a loaded host: [`WARM_PATIENCE`], or
+/// half its max-wait when that is shorter, so that it never runs out waiting for one.
+pub fn patience(max_wait: Option<std::time::Duration>) -> std::time::Duration {
+    max_wait.map_or(WARM_PATIENCE, |m| WARM_PATIENCE.min(m / 2))
 }
 
 /// The host a request should take now, if any; `taken(h)` is how many of `h`'s slots
 /// this pass already gave away. A host with its model loaded and a free slot first; a
-/// free host that would load it only when no host has it loaded, or when `ahead`
-/// requests for the same model already wait for a full round of the loaded hosts'
-/// slots: a wait of about one request beats a load of seconds that also evicts another
-/// model.
+/// free host that would load it only when no host has it loaded, when `ahead` requests
+/// for the same model already wait for a full round of the loaded hosts' slots, or when
+/// it has waited its [`patience`] (`patient` false).
 pub fn pick(
     hosts: &[Arc<Host>],
     model: Option<&str>,
     ahead: u32,
+    patient: bool,
     taken: impl Fn(&Arc<Host>) -> u32,
 ) -> Pick {
     let mut usable = false;
@@ -174,7 +203,8 @@ pub fn pick(
     }
     match cold {
         _ if !usable => Pick::Gone,
-        Some(h) if warm_slots == 0 || ahead >= warm_slots => Pick::Host(h.clone()),
+        Some(h) if warm_slots == 0 => Pick::Host(h.clone()),
+        Some(h) if ahead >= warm_slots || !patient => Pick::Cold(h.clone()),
         _ => Pick::Wait,
     }
 }
@@ -207,34 +237,56 @@ impl Inner {
     /// The place of a new request of `flow` (created if new) in `class`'s band, its flow
     /// charged for it.
     pub fn place(&mut self, flow: usize, class: &Class) -> Place {
+        let band = class.priority;
         let v = self
             .bands
             .iter()
-            .find(|(p, _)| *p == class.priority)
+            .find(|(p, _)| *p == band)
             .map_or(0, |(_, v)| *v);
-        let f = self
-            .flows
-            .get_mut(&flow)
-            .expect("flow entered before it is placed");
-        let start = if f.band == class.priority {
-            v.max(f.finish)
-        } else {
-            v
+        // A request dispatched on another host may have moved the band's time past
+        // those still waiting here: a newcomer starts no later than the first of them.
+        let lowest = self
+            .waiting
+            .range(
+                Place {
+                    rank: Reverse(band),
+                    start: 0,
+                    seq: 0,
+                    finish: 0,
+                }..,
+            )
+            .next()
+            .filter(|(p, _)| p.rank == Reverse(band))
+            .map_or(u64::MAX, |(p, _)| p.start);
+        let v = v.min(lowest);
+        let Some(f) = self.flows.get_mut(&flow) else {
+            return Place {
+                rank: Reverse(band),
+                start: v,
+                seq: 0,
+                finish: v,
+            };
         };
-        f.band = class.priority;
-        f.finish = start + UNIT / u64::from(class.weight.max(1));
+        let start = if f.band == band { v.max(f.finish) } else { v };
+        let finish = start + UNIT / u64::from(class.weight.max(1));
+        f.band = band;
+        f.finish = finish;
         self.seq += 1;
         Place {
-            rank: Reverse(class.priority),
+            rank: Reverse(band),
             start,
             seq: self.seq,
+            finish,
         }
     }
 
     /// Whether a request of `flow` under `concurrency` is held back by its own budget.
     pub fn over_budget(&self, flow: usize, concurrency: Option<u32>) -> bool {
-        let budget = &self.flows[&flow].budget;
-        concurrency.is_some_and(|c| budget.inflight.load(Ordering::Acquire) >= c)
+        let used = self
+            .flows
+            .get(&flow)
+            .map_or(0, |f| f.budget.inflight.load(Ordering::Acquire));
+        concurrency.is_some_and(|c| used >= c)
     }
 
     /// The index of `tier`'s counts, added on first sight; its priority kept current.
@@ -275,12 +327,14 @@ impl Inner {
             Some((_, v)) => *v = (*v).max(place.start),
             None => self.bands.push((place.rank.0, place.start)),
         }
-        let f = self.flows.get_mut(&flow).expect("a granted request's flow");
-        f.in_flight += 1;
-        f.active = since;
         let counted = concurrency.is_some();
-        if counted {
-            f.budget.inflight.fetch_add(1, Ordering::AcqRel);
+        if let Some(f) = self.flows.get_mut(&flow) {
+            f.in_flight += 1;
+            f.active = since;
+            f.served = f.served.max(place.finish);
+            if counted {
+                f.budget.inflight.fetch_add(1, Ordering::AcqRel);
+            }
         }
         let t = &mut self.tiers[tier];
         t.in_flight += 1;
@@ -313,6 +367,7 @@ impl Inner {
         let t = &mut self.tiers[w.tier];
         t.waiting += 1;
         t.metrics.waiting.inc();
+        self.bytes += w.bytes;
         self.waiting.insert(place, w);
     }
 
@@ -349,6 +404,7 @@ impl Inner {
         let t = &mut self.tiers[w.tier];
         t.waiting -= 1;
         t.metrics.waiting.dec();
+        self.bytes -= w.bytes;
     }
 
     /// Removes the waiting request at `place`, if it still waits.
@@ -358,69 +414,161 @@ impl Inner {
         Some(w)
     }
 
+    /// Removes a request that leaves without being served; once its flow has nothing
+    /// waiting, what it was charged for unserved requests is given back.
+    pub fn remove_unserved(&mut self, place: &Place) -> Option<Waiter> {
+        let w = self.remove(place)?;
+        if let Some(f) = self.flows.get_mut(&w.flow)
+            && f.waiting == 0
+        {
+            f.finish = f.served;
+        }
+        Some(w)
+    }
+
     /// Dispatches every waiting request that can go now, in order. Returns what could
     /// not be handed over (its client left at that instant), to be dropped once the
     /// lock is released. The pass ends as soon as no slot is left; a `full` pass also
-    /// looks at every request whose hosts all went down or were drained.
+    /// looks at every request whose hosts all went down, were drained or removed (and
+    /// gives those new hosts when the fleet has some).
     pub fn dispatch(&mut self, queue: &Arc<Queue>, full: bool) -> Vec<Grant> {
         let mut undelivered = Vec::new();
-        if self.waiting.is_empty() {
-            return undelivered;
-        }
-        let mut room = self.room();
-        if room == 0 && !full {
-            return undelivered;
-        }
-        // What this pass gave away so far: slots by host, requests by flow, and the
-        // requests passed over by model (a later one of the same model waits behind
-        // them for the loaded hosts).
-        let mut slots: Tally<usize> = Tally::default();
-        let mut flows: Tally<usize> = Tally::default();
-        let mut ahead: Tally<String> = Tally::default();
-        let mut go: Vec<(Place, Option<Arc<Host>>)> = Vec::new();
-        for (place, w) in &self.waiting {
+        for _ in 0..2 {
+            if self.waiting.is_empty() {
+                break;
+            }
+            let mut room = self.room();
             if room == 0 && !full {
                 break;
             }
-            if let Some(c) = w.concurrency {
-                let budget = &self.flows[&w.flow].budget;
-                let used = budget.inflight.load(Ordering::Acquire);
-                if used.saturating_add(flows.get(&w.flow)) >= c {
-                    continue;
+            let now = Instant::now();
+            // What this pass gave away so far: slots by host, requests by flow, and the
+            // requests passed over by model (a later one of the same model waits behind
+            // them for the loaded hosts).
+            let mut slots: Tally<usize> = Tally::default();
+            let mut flows: Tally<usize> = Tally::default();
+            let mut ahead: Tally<String> = Tally::default();
+            // Requests waiting for a loaded host, first in line first: the first of them
+            // is given a free host that must load the model when one is taken for it.
+            let mut passed: Vec<(&Place, &Waiter)> = Vec::new();
+            let mut go: Vec<(Place, Option<Arc<Host>>)> = Vec::new();
+            for (place, w) in &self.waiting {
+                if room == 0 && !full {
+                    break;
+                }
+                if let Some(c) = w.concurrency {
+                    let used = self
+                        .flows
+                        .get(&w.flow)
+                        .map_or(0, |f| f.budget.inflight.load(Ordering::Acquire));
+                    if used.saturating_add(flows.get(&w.flow)) >= c {
+                        continue;
+                    }
+                }
+                let model = w.model.as_deref();
+                let n = model.map_or(0, |m| ahead.get(m));
+                let patient = now.duration_since(w.since) < w.patience;
+                let (place, w, h) =
+                    match pick(&w.hosts, model, n, patient, |h| slots.get(&host_id(h))) {
+                        Pick::Host(h) => (place, w, h),
+                        Pick::Cold(h) => {
+                            // Taken for the first request passed over that can go there.
+                            let first = passed.iter().position(|(_, p)| {
+                                p.model == w.model && p.hosts.iter().any(|x| Arc::ptr_eq(x, &h))
+                            });
+                            match first {
+                                Some(i) => {
+                                    let (p_place, p) = passed.remove(i);
+                                    passed.push((place, w));
+                                    (p_place, p, h)
+                                }
+                                None => (place, w, h),
+                            }
+                        }
+                        Pick::Gone => {
+                            go.push((*place, None));
+                            continue;
+                        }
+                        Pick::Wait => {
+                            if let Some(m) = model {
+                                ahead.add(m.to_string());
+                            }
+                            passed.push((place, w));
+                            continue;
+                        }
+                    };
+                if h.stored {
+                    room = room.saturating_sub(1);
+                }
+                slots.add(host_id(&h));
+                flows.add(w.flow);
+                go.push((*place, Some(h)));
+            }
+            let mut rehomed = false;
+            for (place, host) in go {
+                let grant = match host {
+                    Some(h) => {
+                        let Some(w) = self.remove(&place) else {
+                            continue;
+                        };
+                        let t =
+                            self.grant(queue, &place, w.flow, w.tier, w.concurrency, h, w.since);
+                        (w.tx, Ok(t))
+                    }
+                    None => {
+                        if self.rehome(queue, &place) {
+                            rehomed = true;
+                            continue;
+                        }
+                        let Some(w) = self.remove_unserved(&place) else {
+                            continue;
+                        };
+                        (w.tx, Err(()))
+                    }
+                };
+                if let Err(back) = grant.0.send(grant.1) {
+                    undelivered.push(back);
                 }
             }
-            let model = w.model.as_deref();
-            let n = model.map_or(0, |m| ahead.get(m));
-            match pick(&w.hosts, model, n, |h| slots.get(&host_id(h))) {
-                Pick::Host(h) => {
-                    if h.stored {
-                        room = room.saturating_sub(1);
-                    }
-                    slots.add(host_id(&h));
-                    flows.add(w.flow);
-                    go.push((*place, Some(h)));
-                }
-                Pick::Gone => go.push((*place, None)),
-                Pick::Wait => {
-                    if let Some(m) = model {
-                        ahead.add(m.to_string());
-                    }
-                }
-            }
-        }
-        for (place, host) in go {
-            let Some(w) = self.remove(&place) else {
-                continue;
-            };
-            let grant = match host {
-                Some(h) => Ok(self.grant(queue, &place, w.flow, w.tier, w.concurrency, h, w.since)),
-                None => Err(()),
-            };
-            if let Err(back) = w.tx.send(grant) {
-                undelivered.push(back);
+            if !rehomed {
+                break;
             }
         }
         undelivered
+    }
+
+    /// Gives a request whose hosts are all gone the fleet's hosts that can serve it now
+    /// (a host removed and added again, another host that got its model); whether it
+    /// found any.
+    fn rehome(&mut self, queue: &Queue, place: &Place) -> bool {
+        let Some(hosts) = self
+            .waiting
+            .get(place)
+            .and_then(|w| queue.rechoose(&w.path, w.model.as_deref()))
+        else {
+            return false;
+        };
+        let Some(mut w) = self.waiting.remove(place) else {
+            return false;
+        };
+        for h in &w.hosts {
+            let id = host_id(h);
+            if let Some((_, n)) = self.hosts.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.hosts.remove(&id);
+                }
+            }
+        }
+        for h in &hosts {
+            self.hosts
+                .entry(host_id(h))
+                .or_insert_with(|| (h.clone(), 0))
+                .1 += 1;
+        }
+        w.hosts = hosts;
+        self.waiting.insert(*place, w);
+        true
     }
 }
 
