@@ -193,6 +193,9 @@ impl Drop for Ticket {
                         .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 }
             }
+            if self.counted {
+                g.unpark(self.flow);
+            }
             if let Some(t) = g.tiers.get_mut(self.tier) {
                 t.in_flight -= 1;
                 t.tokens.add(second, self.tokens);
@@ -206,6 +209,7 @@ impl Drop for Ticket {
 /// Forgets a waiting request whose client left (its future dropped).
 struct Leave<'a> {
     queue: &'a Queue,
+    flow: usize,
     place: Place,
     armed: bool,
 }
@@ -216,7 +220,7 @@ impl Drop for Leave<'_> {
             return;
         }
         let mut g = self.queue.lock();
-        if let Some(w) = g.remove_unserved(&self.place)
+        if let Some(w) = g.remove_unserved(self.flow, &self.place)
             && let Some(t) = g.tiers.get(w.tier)
         {
             t.metrics.left.inc();
@@ -292,6 +296,7 @@ impl Queue {
                 in_flight: 0,
                 tokens: Rate::default(),
                 active: since,
+                parked: std::collections::BTreeMap::new(),
             });
             f.tier = tier;
             f.active = since;
@@ -330,9 +335,7 @@ impl Queue {
                     concurrency: ask.concurrency.filter(|_| held),
                 });
             }
-            if g.waiting.len() >= MAX_WAITING
-                || g.bytes.saturating_add(ask.bytes) > MAX_WAITING_BYTES
-            {
+            if g.count() >= MAX_WAITING || g.bytes.saturating_add(ask.bytes) > MAX_WAITING_BYTES {
                 g.tiers[tier].metrics.refused.inc();
                 return Err(Refusal::Busy);
             }
@@ -361,6 +364,7 @@ impl Queue {
         drop(undelivered);
         let mut leave = Leave {
             queue: self,
+            flow,
             place,
             armed: true,
         };
@@ -393,7 +397,7 @@ impl Queue {
                     let (gone, held) = {
                         let mut g = self.lock();
                         let held = g.over_budget(flow, ask.concurrency);
-                        let gone = g.remove_unserved(&place).is_some();
+                        let gone = g.remove_unserved(flow, &place).is_some();
                         if gone && let Some(t) = g.tiers.get(tier) {
                             t.metrics.expired.inc();
                         }
@@ -445,6 +449,8 @@ impl Queue {
             g.flows.retain(|_, f| {
                 f.waiting > 0 || f.in_flight > 0 || now.duration_since(f.active) < LINGER
             });
+            // A limit freed outside the queue (a management request ended).
+            g.unpark_all();
             g.dispatch(self, true)
         };
         drop(undelivered);
@@ -888,6 +894,53 @@ mod tests {
         assert_eq!(t.host().name, "free");
         assert_eq!(q.status().tiers[0].waiting, 1);
         drop((t, held));
+    }
+
+    #[tokio::test]
+    async fn a_backlog_held_by_its_own_limit_is_parked_out_of_every_pass() {
+        let q = Arc::new(Queue::new(Arc::default()));
+        let hosts = leak(vec![host("a", 4, &["m"])]);
+        let flood = leak(Arc::new(LimitState::default()));
+        let limited = |a: Ask<'static>| Ask {
+            concurrency: Some(1),
+            ..a
+        };
+        let first = q
+            .enter(limited(ask(flood, "t", Class::default(), hosts)))
+            .await
+            .expect("slot");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for n in 0..50 {
+            let label: &'static str = leak(format!("f{n}"));
+            spawn(
+                &q,
+                limited(ask(flood, "t", Class::default(), hosts)),
+                tx.clone(),
+                label,
+            );
+            settle().await;
+        }
+        // All 50 wait (and count as waiting), none of them in the line a pass walks.
+        assert_eq!(q.status().tiers[0].waiting, 50);
+        let lens = {
+            let g = q.lock();
+            (g.waiting.len(), g.count())
+        };
+        assert_eq!(lens, (0, 50));
+        // Another user is not held up; the flood's next goes, in order, as its own ends.
+        let other = leak(Arc::new(LimitState::default()));
+        drop(
+            q.enter(ask(other, "t", Class::default(), hosts))
+                .await
+                .expect("slot"),
+        );
+        drop(first);
+        let (label, t) = next(&mut rx).await.expect("dispatched");
+        assert_eq!(label, "f0");
+        drop(t);
+        let (label, _t) = next(&mut rx).await.expect("dispatched");
+        assert_eq!(label, "f1");
+        assert_eq!(q.lock().count(), 48);
     }
 
     #[tokio::test]

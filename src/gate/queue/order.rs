@@ -78,6 +78,9 @@ pub struct Flow {
     pub tokens: Rate,
     /// When it last had a request waiting or in flight.
     pub active: Instant,
+    /// Its requests held back by its own concurrency limit, out of the way of every pass
+    /// until one of its requests ends.
+    pub parked: BTreeMap<Place, Waiter>,
 }
 
 /// Completion tokens over the last [`Rate::SECONDS`] seconds.
@@ -136,6 +139,9 @@ pub struct Inner {
     pub hosts: HashMap<usize, (Arc<Host>, u32)>,
     /// The request bodies held by those waiting.
     pub bytes: u64,
+    /// Requests parked in their flows (counted in `waiting` of flows and tiers, not in
+    /// `waiting` here).
+    pub parked: usize,
 }
 
 /// A host has room for a request sent now, `extra` more being sent in the same pass: a
@@ -353,6 +359,46 @@ impl Inner {
         }
     }
 
+    /// Requests waiting, parked ones included.
+    pub fn count(&self) -> usize {
+        self.waiting.len() + self.parked
+    }
+
+    /// Moves requests of `flow` held by its concurrency limit back in line, as many as
+    /// the limit has room for now, first ones first.
+    pub fn unpark(&mut self, flow: usize) {
+        let Some(f) = self.flows.get_mut(&flow) else {
+            return;
+        };
+        let used = f.budget.inflight.load(Ordering::Acquire);
+        let mut back = Vec::new();
+        while let Some(entry) = f.parked.first_entry() {
+            let room = entry
+                .get()
+                .concurrency
+                .map_or(u32::MAX, |c| c.saturating_sub(used));
+            if room as usize <= back.len() {
+                break;
+            }
+            back.push(entry.remove_entry());
+        }
+        self.parked -= back.len();
+        self.waiting.extend(back);
+    }
+
+    /// Moves every flow's requests held by its limit back in line where it has room.
+    pub fn unpark_all(&mut self) {
+        let flows: Vec<usize> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| !f.parked.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for flow in flows {
+            self.unpark(flow);
+        }
+    }
+
     /// Adds a waiting request at `place`.
     pub fn wait(&mut self, place: Place, w: Waiter) {
         for h in &w.hosts {
@@ -414,10 +460,22 @@ impl Inner {
         Some(w)
     }
 
-    /// Removes a request that leaves without being served; once its flow has nothing
-    /// waiting, what it was charged for unserved requests is given back.
-    pub fn remove_unserved(&mut self, place: &Place) -> Option<Waiter> {
-        let w = self.remove(place)?;
+    /// Removes a request of `flow` that leaves without being served (in line or parked);
+    /// once its flow has nothing waiting, what it was charged for unserved requests is
+    /// given back.
+    pub fn remove_unserved(&mut self, flow: usize, place: &Place) -> Option<Waiter> {
+        let parked = self
+            .flows
+            .get_mut(&flow)
+            .and_then(|f| f.parked.remove(place));
+        let w = match parked {
+            Some(w) => {
+                self.parked -= 1;
+                self.unwait(&w);
+                w
+            }
+            None => self.remove(place)?,
+        };
         if let Some(f) = self.flows.get_mut(&w.flow)
             && f.waiting == 0
         {
@@ -452,6 +510,7 @@ impl Inner {
             // is given a free host that must load the model when one is taken for it.
             let mut passed: Vec<(&Place, &Waiter)> = Vec::new();
             let mut go: Vec<(Place, Option<Arc<Host>>)> = Vec::new();
+            let mut park: Vec<(usize, Place)> = Vec::new();
             for (place, w) in &self.waiting {
                 if room == 0 && !full {
                     break;
@@ -462,6 +521,9 @@ impl Inner {
                         .get(&w.flow)
                         .map_or(0, |f| f.budget.inflight.load(Ordering::Acquire));
                     if used.saturating_add(flows.get(&w.flow)) >= c {
+                        if flows.get(&w.flow) == 0 {
+                            park.push((w.flow, *place));
+                        }
                         continue;
                     }
                 }
@@ -504,6 +566,14 @@ impl Inner {
                 flows.add(w.flow);
                 go.push((*place, Some(h)));
             }
+            for (flow, place) in park {
+                if let Some(w) = self.waiting.remove(&place)
+                    && let Some(f) = self.flows.get_mut(&flow)
+                {
+                    f.parked.insert(place, w);
+                    self.parked += 1;
+                }
+            }
             let mut rehomed = false;
             for (place, host) in go {
                 let grant = match host {
@@ -520,7 +590,8 @@ impl Inner {
                             rehomed = true;
                             continue;
                         }
-                        let Some(w) = self.remove_unserved(&place) else {
+                        let flow = self.waiting.get(&place).map_or(0, |w| w.flow);
+                        let Some(w) = self.remove_unserved(flow, &place) else {
                             continue;
                         };
                         (w.tx, Err(()))
