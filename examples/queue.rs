@@ -77,6 +77,7 @@ fn ask<'a>(budget: &'a Arc<LimitState>, host: &'a Arc<Host>) -> Ask<'a> {
         model: Some("llama3.2:latest"),
         path: "/api/chat",
         bytes: 0,
+        wait: true,
     }
 }
 

@@ -80,13 +80,28 @@ pub async fn forward(
     // arrives. A body read whole can be sent again to another host, and a client that
     // leaves while its request waits is noticed (its connection has nothing left to
     // read but the end).
-    let must_read = has_body
-        && (filter.is_some()
-            || quota.is_some()
-            || declared.is_none()
-            || several
-            || pinned
-            || may_wait);
+    let looked_at = filter.is_some() || quota.is_some() || declared.is_none() || several || pinned;
+    // A request whose body would be read only so that it can wait takes a free slot on
+    // its one host at once if there is one, its body left to stream through.
+    let mut ticket = None;
+    if has_body && may_wait && !looked_at {
+        let one: &[Arc<Host>] = match fleet.hosts.iter().position(|h| h.serves(path)) {
+            Some(i) => std::slice::from_ref(&fleet.hosts[i]),
+            None => &[],
+        };
+        if !one.is_empty() {
+            match state
+                .queue
+                .enter(ask(principal, one, None, path, 0, false))
+                .await
+            {
+                Ok(t) => ticket = Some(t),
+                Err(Refusal::WouldWait) => {}
+                Err(r) => return Err(refused(state, r)),
+            }
+        }
+    }
+    let must_read = has_body && (looked_at || (may_wait && ticket.is_none()));
     let mut request_bytes = declared.unwrap_or(0);
     let mut model = None;
     let mut streamed = None;
@@ -161,27 +176,21 @@ pub async fn forward(
         }
     };
     // Generation waits for a slot, and goes first to the host it was given.
-    let mut ticket = None;
     let reordered: Vec<Arc<Host>>;
     let hosts = if route == Route::Proxy {
-        let key = model.as_deref().map(model_key);
-        let ask = Ask {
-            budget: &principal.state,
-            user: principal.user.as_deref(),
-            prefix: &principal.prefix,
-            tier: &principal.tier,
-            class: principal.class,
-            concurrency: principal.limits.concurrency,
-            hosts,
-            model: key.as_deref(),
-            path,
-            bytes: whole.as_ref().map_or(0, |b| b.len() as u64),
+        let t = match ticket.take() {
+            Some(t) => t,
+            None => {
+                let key = model.as_deref().map(model_key);
+                let bytes = whole.as_ref().map_or(0, |b| b.len() as u64);
+                let ask = ask(principal, hosts, key.as_deref(), path, bytes, true);
+                state
+                    .queue
+                    .enter(ask)
+                    .await
+                    .map_err(|r| refused(state, r))?
+            }
         };
-        let t = state
-            .queue
-            .enter(ask)
-            .await
-            .map_err(|r| refused(state, r))?;
         let first = t.host().clone();
         ticket = Some(t);
         if Arc::ptr_eq(&first, &hosts[0]) {
@@ -338,6 +347,30 @@ fn host_names(fleet: &Snapshot) -> String {
     names.join(", ")
 }
 
+/// What `principal` asks of the queue for a request on `path` to one of `hosts`.
+fn ask<'a>(
+    principal: &'a Principal,
+    hosts: &'a [Arc<Host>],
+    model: Option<&'a str>,
+    path: &'a str,
+    bytes: u64,
+    wait: bool,
+) -> Ask<'a> {
+    Ask {
+        budget: &principal.state,
+        user: principal.user.as_deref(),
+        prefix: &principal.prefix,
+        tier: &principal.tier,
+        class: principal.class,
+        concurrency: principal.limits.concurrency,
+        hosts,
+        model,
+        path,
+        bytes,
+        wait,
+    }
+}
+
 /// The answer to a request the queue did not give a slot.
 fn refused(state: &State, r: Refusal) -> GateError {
     match r {
@@ -362,7 +395,7 @@ fn refused(state: &State, r: Refusal) -> GateError {
             ..
         } => GateError::Limited(Rejection::Concurrency { limit }),
         Refusal::Expired { retry_after, .. } => GateError::QueueTimeout { retry_after },
-        Refusal::Busy => GateError::QueueTimeout { retry_after: 1 },
+        Refusal::Busy | Refusal::WouldWait => GateError::QueueTimeout { retry_after: 1 },
         Refusal::NoHost => GateError::HostsDown,
     }
 }

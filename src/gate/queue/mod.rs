@@ -72,6 +72,9 @@ pub struct Ask<'a> {
     pub path: &'a str,
     /// The request body it holds while it waits.
     pub bytes: u64,
+    /// Whether it may wait: `false` asks only for a slot free now
+    /// ([`Refusal::WouldWait`] otherwise), for a request whose body is not read yet.
+    pub wait: bool,
 }
 
 /// Why a request did not get a slot.
@@ -91,6 +94,8 @@ pub enum Refusal {
     },
     /// The gate holds as many waiting requests (or bytes of their bodies) as it will.
     Busy,
+    /// No slot is free now, and the request asked not to wait.
+    WouldWait,
     /// Every host that could serve it went down or was drained while it waited.
     NoHost,
 }
@@ -325,6 +330,9 @@ impl Queue {
                     Pick::Gone => return Err(Refusal::NoHost),
                     Pick::Wait => {}
                 }
+            }
+            if !ask.wait {
+                return Err(Refusal::WouldWait);
             }
             if let Some(limit) = class.max_queued
                 && waiting >= limit
@@ -576,6 +584,7 @@ mod tests {
             model: Some("m:latest"),
             path: "/api/chat",
             bytes: 0,
+            wait: true,
         }
     }
 
