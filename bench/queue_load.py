@@ -71,12 +71,20 @@ def emit(kind, fields):
 class Target:
     """Where requests go: host, port, and the request every caller sends."""
 
-    def __init__(self, url, model, tokens):
+    def __init__(self, url, model, tokens, jitter=0.0):
         u = urllib.parse.urlsplit(url)
         if u.scheme != "http" or not u.hostname:
             sys.exit(f"queue_load: expected an http:// URL, not {url!r}")
         self.host, self.port = u.hostname, u.port or 80
-        self.model, self.tokens = model, tokens
+        self.model, self.tokens, self.jitter = model, tokens, jitter
+
+    def tokens_for(self, rng):
+        """A request's num_predict: --tokens, or drawn within +-jitter of it."""
+        if self.jitter <= 0:
+            return self.tokens
+        lo = max(1, round(self.tokens * (1 - self.jitter)))
+        hi = max(lo, round(self.tokens * (1 + self.jitter)))
+        return rng.randint(lo, hi)
 
     def connect(self, timeout):
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
@@ -87,12 +95,12 @@ class Target:
             h["X-API-Key"] = key
         return h
 
-    def body(self, label, n, stream=True):
+    def body(self, label, n, tokens, stream=True):
         return json.dumps({
             "model": self.model,
             "prompt": f"{label} request {n}",
             "stream": stream,
-            "options": {"num_predict": self.tokens},
+            "options": {"num_predict": tokens},
         })
 
 
@@ -126,9 +134,10 @@ def classify(rec, status, retry_after, data):
         rec.outcome = "failed"
 
 
-def streamed(conn, target, key, label, n, rec, t0):
+def streamed(conn, target, key, label, n, tokens, rec, t0):
     """Sends one streamed request on conn and reads it to its done line; fills rec."""
-    conn.request("POST", "/api/generate", body=target.body(label, n), headers=target.headers(key))
+    body = target.body(label, n, tokens)
+    conn.request("POST", "/api/generate", body=body, headers=target.headers(key))
     resp = conn.getresponse()
     rec.head = now() - t0
     if resp.status != 200:
@@ -233,9 +242,9 @@ class Run:
             except OSError:
                 pass
 
-    def one(self, conn, key, label, n, rec):
+    def one(self, conn, key, label, n, tokens, rec):
         try:
-            streamed(conn, self.target, key, label, n, rec, self.t0)
+            streamed(conn, self.target, key, label, n, tokens, rec, self.t0)
             return True
         except (OSError, http.client.HTTPException) as e:
             rec.outcome, rec.detail = "failed", f"{type(e).__name__}: {e}"[:120]
@@ -267,6 +276,8 @@ def closed(args, target):
     pending = {}
 
     def worker(g, index):
+        # Each thread's own draws: the same requests on both sides of a comparison.
+        rng = random.Random(f"{args.seed}/{g.name}/{index}")
         time.sleep(max(0.0, run.t0 + g.start - now()))
         conn = None
         while not stop_new.is_set() and not run.cut:
@@ -280,7 +291,7 @@ def closed(args, target):
             if g.name in args.drain_group:
                 with run.lock:
                     pending[n] = rec
-            ok = run.one(conn, g.key, g.name, n, rec)
+            ok = run.one(conn, g.key, g.name, n, target.tokens_for(rng), rec)
             with run.lock:
                 pending.pop(n, None)
             run.add(rec)
@@ -324,6 +335,8 @@ def closed(args, target):
         done = [r for r in recs if r.outcome == "ok" and r.end <= window and r.end >= args.count_from]
         totals[g.name] = len(done)
     all_done = sum(totals.values())
+    unit, service_fields = service_unit(run.records, args)
+    emit(f"{args.label}-service", service_fields)
     for g in groups:
         recs = [r for r in run.records if r.group == g.name]
         waits = sorted(max(0.0, r.first - r.start - args.token_s) for r in recs if r.first is not None)
@@ -343,8 +356,8 @@ def closed(args, target):
             "wait_p50_ms": fmt_ms(percentile(waits, 50)),
             "wait_p95_ms": fmt_ms(percentile(waits, 95)),
             "wait_max_ms": fmt_ms(waits[-1] if waits else None),
-            "wait_p50_svc": fmt_svc(percentile(waits, 50), args.service_s),
-            "wait_p95_svc": fmt_svc(percentile(waits, 95), args.service_s),
+            "wait_p50_svc": fmt_svc(percentile(waits, 50), unit),
+            "wait_p95_svc": fmt_svc(percentile(waits, 95), unit),
             "service_p50_ms": fmt_ms(percentile(service, 50)),
             "head_p50_ms": fmt_ms(percentile(heads, 50)),
             "head_to_first_p50_ms": fmt_ms(percentile(head_gap, 50)),
@@ -357,6 +370,20 @@ def closed(args, target):
     if poller:
         emit(f"{args.label}-host", poller.fields())
     return run
+
+
+def service_unit(records, args):
+    """The run's service time, the unit of waits: the median over its completed
+    requests of first chunk to end plus the first token (the nominal one when none
+    completed), and the fields that report it."""
+    times = sorted(r["end"] - r["first"] + args.token_s if isinstance(r, dict)
+                   else r.end - r.first + args.token_s
+                   for r in records
+                   if (r["outcome"] if isinstance(r, dict) else r.outcome) == "ok")
+    unit = percentile(times, 50) or args.service_s
+    return unit, {"nominal_ms": fmt_ms(args.service_s), "p50_ms": fmt_ms(percentile(times, 50)),
+                  "p5_ms": fmt_ms(percentile(times, 5)), "p95_ms": fmt_ms(percentile(times, 95)),
+                  "completed": len(times)}
 
 
 def reasons(failed, limit=4):
@@ -403,7 +430,7 @@ def open_loop(args, target):
         conn = target.connect(args.timeout)
         run.track(conn, True)
         try:
-            run.one(conn, key, name, n, rec)
+            run.one(conn, key, name, n, target.tokens_for(random.Random(f"{args.seed}/{n}")), rec)
         finally:
             run.track(conn, False)
             conn.close()
@@ -425,6 +452,7 @@ def open_loop(args, target):
     if poller:
         poller.done = True
 
+    emit(f"{args.label}-service", service_unit(run.records, args)[1])
     for c in classes:
         recs = [r for r in run.records if r.group == c.name]
         ok = [r for r in recs if r.outcome == "ok"]
@@ -477,7 +505,7 @@ def rate(args, target):
     lock = threading.Lock()
     t0 = now()
     end = t0 + args.seconds
-    body = target.body("rate", 0, stream=False)
+    body = target.body("rate", 0, target.tokens, stream=False)
 
     def worker():
         conn = target.connect(args.timeout)
@@ -541,7 +569,8 @@ def svg(args):
         name, _, path = spec.partition("=")
         with open(path) as f:
             recs = json.load(f)
-        pts = [(r["start"], max(0.0, r["first"] - r["start"] - args.token_s) / args.service_s)
+        unit, _ = service_unit(recs, args)
+        pts = [(r["start"], max(0.0, r["first"] - r["start"] - args.token_s) / unit)
                for r in recs if r["group"] == args.group and r["first"] is not None]
         series.append((name, sorted(pts)))
     w, h, left, right, top, bottom = 720, 360, 60, 20, 40, 50
@@ -615,7 +644,9 @@ def main():
     ap.add_argument("--url", help="the gate, or the host straight")
     ap.add_argument("--label", default="run", help="the first word of the result lines")
     ap.add_argument("--model", default="llama3.2:latest")
-    ap.add_argument("--tokens", type=int, default=50, help="num_predict of every request")
+    ap.add_argument("--tokens", type=int, default=20, help="num_predict of every request")
+    ap.add_argument("--jitter", type=float, default=0,
+                    help="num_predict drawn uniformly within this fraction of --tokens")
     ap.add_argument("--service-ms", type=float, default=1000, help="one request's generation time")
     ap.add_argument("--token-ms", type=float, default=0,
                     help="the host's time for its first token, taken off every wait")
@@ -654,7 +685,7 @@ def main():
     if args.mode == "stats":
         stats(args.url)
         return
-    target = Target(args.url, args.model, args.tokens)
+    target = Target(args.url, args.model, args.tokens, args.jitter)
     if args.mode == "rate":
         rate(args, target)
         return
