@@ -452,7 +452,10 @@ def open_loop(args, target):
     if poller:
         poller.done = True
 
-    emit(f"{args.label}-service", service_unit(run.records, args)[1])
+    unit, service_fields = service_unit(run.records, args)
+    emit(f"{args.label}-service", service_fields)
+    if args.high:
+        emit(f"{args.label}-order", order_check(run.records, args, args.high, unit, arrivals))
     for c in classes:
         recs = [r for r in run.records if r.group == c.name]
         ok = [r for r in recs if r.outcome == "ok"]
@@ -492,6 +495,49 @@ def open_loop(args, target):
     if poller:
         emit(f"{args.label}-host", poller.fields())
     return run
+
+
+def order_check(records, args, high, unit, arrivals):
+    """Whether the high class was served first, and the best that any scheduler which
+    lets a request finish could have done for it with the same arrivals.
+
+    inversions: requests of other classes given a slot (their first chunk less one
+    token) while a request of `high` had been waiting for more than 10 ms.
+    ideal: the high class's waits when every slot that frees goes to its oldest waiting
+    request, else to the oldest request of the other classes still within
+    --low-max-wait, else stays idle until the next arrival; every request takes `unit`
+    (the run's median service time)."""
+    tol = 0.010
+    hi = [(r.start, r.first - args.token_s) for r in records if r.group == high and r.first is not None]
+    others = [r.first - args.token_s for r in records if r.group != high and r.first is not None]
+    inversions = sum(1 for d in others if any(s + tol < d < g - tol for s, g in hi))
+
+    arr = sorted((t, name == high) for t, name, _ in arrivals)
+    free_at = [0.0] * args.slots
+    wait_hi, wait_lo, waits = [], [], []
+    ai = 0
+    n_hi = sum(1 for _, h in arr if h)
+    while len(waits) < n_hi:
+        k = min(range(args.slots), key=free_at.__getitem__)
+        t = free_at[k]
+        while ai < len(arr) and arr[ai][0] <= t:
+            (wait_hi if arr[ai][1] else wait_lo).append(arr[ai][0])
+            ai += 1
+        wait_lo = [a for a in wait_lo if t - a <= args.low_max_wait]
+        if wait_hi:
+            waits.append(t - wait_hi.pop(0))
+            free_at[k] = t + unit
+        elif wait_lo:
+            wait_lo.pop(0)
+            free_at[k] = t + unit
+        elif ai < len(arr):
+            free_at[k] = arr[ai][0]
+        else:
+            break
+    waits.sort()
+    return {"class": high, "inversions": inversions, "dispatched_others": len(others),
+            "ideal_p50_ms": fmt_ms(percentile(waits, 50)), "ideal_p99_ms": fmt_ms(percentile(waits, 99)),
+            "ideal_max_ms": fmt_ms(waits[-1] if waits else None)}
 
 
 # ---------------------------------------------------------------------------
@@ -664,6 +710,10 @@ def main():
     # open
     ap.add_argument("--class", dest="klass", action="append", default=[], help="NAME:RATE:KEY[,KEY...]")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--high", help="the class to check for being served first (open)")
+    ap.add_argument("--slots", type=int, default=2, help="the host's slots, for --high's ideal")
+    ap.add_argument("--low-max-wait", type=float, default=float("inf"),
+                    help="seconds the other classes wait at most, for --high's ideal")
     # rate
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--key", default="")
