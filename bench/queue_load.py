@@ -498,8 +498,8 @@ def open_loop(args, target):
 
 
 def order_check(records, args, high, unit, arrivals):
-    """Whether the high class was served first, and the best that any scheduler which
-    lets a request finish could have done for it with the same arrivals.
+    """Whether the high class was served first, and a model of what an order that lets
+    every request finish could have done for it with the same arrivals.
 
     inversions: requests of other classes given a slot (their first chunk less one
     token) while a request of `high` had been waiting for more than 10 ms.
