@@ -16,19 +16,10 @@ use serde_json::{Value, json};
 
 use support::fake_ollama::{FakeOllama, FakeOptions};
 use support::gate::{Db, Gate, eventually, get, open, send};
+use support::queue::{chat_body, headers, slow, status};
 
 /// Long enough for anything the gate does in the background.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-/// A fake host whose streams last about 20 s unless the client leaves: a request that
-/// holds a slot for as long as a test needs.
-fn slow() -> FakeOptions {
-    FakeOptions {
-        chunks: 400,
-        chunk_delay: Duration::from_millis(50),
-        ..FakeOptions::default()
-    }
-}
 
 /// `aigate serve` over the stored hosts, with a metrics listener.
 fn serve(db: &Db, extra: &[&str]) -> Gate {
@@ -43,20 +34,6 @@ fn serve(db: &Db, extra: &[&str]) -> Gate {
     Gate::start(&db.path, "", &args)
 }
 
-/// A chat: streamed ones run to the fake's full length (a slot held), others generate
-/// two tokens.
-fn chat_body(prompt: &str, stream: bool) -> String {
-    let mut v = json!({
-        "model": "llama3.2",
-        "messages": [{"role": "user", "content": prompt}],
-        "stream": stream,
-    });
-    if !stream {
-        v["options"] = json!({"num_predict": 2});
-    }
-    v.to_string()
-}
-
 fn openai_body(prompt: &str) -> String {
     json!({
         "model": "llama3.2",
@@ -64,10 +41,6 @@ fn openai_body(prompt: &str) -> String {
         "max_tokens": 2,
     })
     .to_string()
-}
-
-fn headers(key: &str) -> [(&str, &str); 2] {
-    [("x-api-key", key), ("content-type", "application/json")]
 }
 
 /// Opens a streamed chat that holds a slot until it is dropped; returns once the host
@@ -94,14 +67,6 @@ fn chat(gate: &Gate, key: &str, prompt: &str) -> tokio::task::JoinHandle<support
         chat_body(prompt, false),
     );
     tokio::spawn(async move { send(Method::POST, &url, &headers(&key), &body).await })
-}
-
-/// `GET /status` from the metrics listener.
-async fn status(gate: &Gate) -> Value {
-    let addr = gate.metrics.expect("metrics listener");
-    let r = get(&format!("http://{addr}/status"), "").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
 }
 
 async fn waiting(gate: &Gate) -> u64 {

@@ -13,45 +13,11 @@ use hyper::Method;
 use serde_json::{Value, json};
 
 use support::fake_ollama::{FakeOllama, FakeOptions};
-use support::gate::{Db, Gate, bin, eventually, get, open, send};
+use support::gate::{Db, Gate, bin, eventually, open, send};
+use support::queue::{chat_body, headers, slow, status};
 
 /// Long enough for anything the gate does in the background.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-/// A fake host whose streams last about 20 s unless the client leaves.
-fn slow() -> FakeOptions {
-    FakeOptions {
-        chunks: 400,
-        chunk_delay: Duration::from_millis(50),
-        ..FakeOptions::default()
-    }
-}
-
-fn headers(key: &str) -> [(&str, &str); 2] {
-    [("x-api-key", key), ("content-type", "application/json")]
-}
-
-/// A chat: a streamed one runs to the fake's full length (a slot held), another
-/// generates two tokens.
-fn chat_body(prompt: &str, stream: bool) -> String {
-    let mut v = json!({
-        "model": "llama3.2",
-        "messages": [{"role": "user", "content": prompt}],
-        "stream": stream,
-    });
-    if !stream {
-        v["options"] = json!({"num_predict": 2});
-    }
-    v.to_string()
-}
-
-/// `GET /status` from the metrics listener, as the tests see it.
-async fn status(gate: &Gate) -> Value {
-    let addr = gate.metrics.expect("metrics listener");
-    let r = get(&format!("http://{addr}/status"), "").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
 
 /// A gate in the middle of its work: host `gpu` (one slot) is generating for alice
 /// (tier `gold`, priority 7) while a request of a key without a user (tier `basic`,
