@@ -19,7 +19,6 @@ use super::error::GateError;
 use super::fleet::choose::choose;
 use super::fleet::{Host, NoHost, Snapshot, lists, model_key};
 use super::limits::{Admitted, Rejection};
-use super::metrics::KindLabel;
 use super::queue::{Ask, Refusal};
 use super::respond::{self, Body};
 use super::route::Route;
@@ -379,13 +378,7 @@ fn refused(state: &State, r: Refusal) -> GateError {
             ..
         } => {
             let rejection = Rejection::Concurrency { limit };
-            state
-                .metrics
-                .rejections
-                .get_or_create(&KindLabel {
-                    kind: rejection.kind(),
-                })
-                .inc();
+            state.metrics.rejected(rejection.kind());
             GateError::Limited(rejection)
         }
         Refusal::Full { limit, .. } => GateError::QueueFull(limit),

@@ -11,7 +11,6 @@ use hyper::header::HeaderMap;
 use hyper::{Request, Response, StatusCode};
 
 use super::error::{Dialect, GateError};
-use super::metrics::KindLabel;
 use super::respond::{self, Body};
 use super::route::{self, Route};
 use super::{State, admin, authn, authz, cors, failure, forward, headers, limits, login};
@@ -119,13 +118,7 @@ async fn dispatch(
         _ => limits::admit,
     };
     let admitted = admit(principal).map_err(|rejection| {
-        state
-            .metrics
-            .rejections
-            .get_or_create(&KindLabel {
-                kind: rejection.kind(),
-            })
-            .inc();
+        state.metrics.rejected(rejection.kind());
         GateError::Limited(rejection)
     })?;
     forward::forward(state, peer.ip(), https, req, route, admitted).await

@@ -284,6 +284,12 @@ impl Handles {
 }
 
 impl Metrics {
+    /// Counts a request refused by one of its caller's limits (`kind`: rate,
+    /// concurrency, tokens).
+    pub fn rejected(&self, kind: &'static str) {
+        self.rejections.get_or_create(&KindLabel { kind }).inc();
+    }
+
     /// The exposition text.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -602,6 +602,19 @@ mod tests {
         })
     }
 
+    /// A host `warm` with the model loaded and its one slot held, and an idle host
+    /// `cold` that would have to load it; the held ticket.
+    async fn warm_busy(q: &Arc<Queue>) -> (&'static [Arc<Host>], Ticket) {
+        let hosts: &'static [Arc<Host>] = leak(vec![host("warm", 1, &["m"]), host("cold", 1, &[])]);
+        let holder = leak(Arc::new(LimitState::default()));
+        let held = q
+            .enter(ask(holder, "t", Class::default(), hosts))
+            .await
+            .expect("slot");
+        assert_eq!(held.host().name, "warm");
+        (hosts, held)
+    }
+
     /// The next answer, or a failure rather than a hang.
     async fn next<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> Option<T> {
         tokio::time::timeout(Duration::from_secs(10), rx.recv())
@@ -837,15 +850,9 @@ mod tests {
     #[tokio::test]
     async fn a_loaded_host_is_waited_for_about_one_round() {
         let q = Arc::new(Queue::new(Arc::default()));
-        let warm = host("warm", 1, &["m"]);
-        let cold = host("cold", 1, &[]);
-        let hosts = leak(vec![warm.clone(), cold.clone()]);
+        let (hosts, held) = warm_busy(&q).await;
+        let cold = &hosts[1];
         let user = leak(Arc::new(LimitState::default()));
-        let held = q
-            .enter(ask(user, "t", Class::default(), hosts))
-            .await
-            .expect("slot");
-        assert_eq!(held.host().name, "warm");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         // The first waits for the warm host rather than load the model on the cold one;
         // the second would wait a round more, so the cold host is taken: by the first in
@@ -1115,14 +1122,9 @@ mod tests {
     #[tokio::test]
     async fn patience_for_a_loaded_host_ends_before_max_wait() {
         let q = Arc::new(Queue::new(Arc::default()));
-        let warm = host("warm", 1, &["m"]);
-        let cold = host("cold", 1, &[]);
-        let hosts = leak(vec![warm.clone(), cold.clone()]);
+        let (hosts, held) = warm_busy(&q).await;
+        let cold = &hosts[1];
         let user = leak(Arc::new(LimitState::default()));
-        let held = q
-            .enter(ask(user, "t", Class::default(), hosts))
-            .await
-            .expect("slot");
         let bounded = Class {
             max_wait: Some(Duration::from_millis(100)),
             ..Class::default()
@@ -1143,16 +1145,9 @@ mod tests {
     #[tokio::test]
     async fn a_cold_host_goes_to_the_first_in_line() {
         let q = Arc::new(Queue::new(Arc::default()));
-        let warm = host("warm", 1, &["m"]);
-        let cold = host("cold", 1, &[]);
-        let hosts = leak(vec![warm.clone(), cold.clone()]);
-        let holder = leak(Arc::new(LimitState::default()));
+        let (hosts, held) = warm_busy(&q).await;
         let pro = leak(Arc::new(LimitState::default()));
         let free = leak(Arc::new(LimitState::default()));
-        let held = q
-            .enter(ask(holder, "t", Class::default(), hosts))
-            .await
-            .expect("slot");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         spawn(&q, ask(pro, "pro", class(10, 1), hosts), tx.clone(), "pro");
         settle().await;
